@@ -1,0 +1,1 @@
+"""The `batchrelay` command line (the library a web app imports is `producer`)."""

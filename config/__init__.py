@@ -1,0 +1,13 @@
+"""Settings shared by the producer, the worker and the CLI."""
+
+from config.errors import BatchRelayError, ConfigurationError
+from config.settings import OPENAI_ENDPOINTS, ProviderProfile, Settings, load_settings
+
+__all__ = [
+    "OPENAI_ENDPOINTS",
+    "BatchRelayError",
+    "ConfigurationError",
+    "ProviderProfile",
+    "Settings",
+    "load_settings",
+]

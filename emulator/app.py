@@ -1,0 +1,130 @@
+"""The ASGI app: provider routers, admin router, error envelopes, reseller path routing.
+
+Paths served:
+  /v1/files..., /v1/batches...              OpenAI
+  /openai/v1/..., /openai/...?api-version=  Azure OpenAI (always on)
+  /v1/messages/batches...                   Anthropic
+  <anthropic_batches_path>...               Anthropic, as a reseller serves it
+  /_emulator/...                            admin
+"""
+
+from __future__ import annotations
+
+import orjson
+from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from emulator.engine import Engine
+from emulator.errors import ApiError
+from emulator.routes_admin import admin_router
+from emulator.routes_anthropic import BASE, PATH_SCOPE_KEY, PREFIX_SCOPE_KEY, anthropic_router
+from emulator.routes_openai import openai_router
+
+OPENAI_MOUNTS = {"/v1": "openai", "/openai/v1": "azure", "/openai": "azure"}
+PEEK_LIMIT = 1024 * 1024
+
+
+class ResellerPathMiddleware:
+    """Routes `<prefix>/...` to the Anthropic routes, telling shapes apart where paths collide.
+
+    When the prefix is also an OpenAI batches path (e.g. /v1/batches), a request is taken as
+    Anthropic-style if: its id starts with `msgbatch_`; or it creates with a body holding
+    `requests` (a body over 1 MB can only be that); or it lists with `anthropic-version`,
+    `after_id` or `before_id`.
+    """
+
+    def __init__(self, app: ASGIApp, prefix: str | None) -> None:
+        self.app = app
+        self.prefix = prefix.rstrip("/") if prefix else None
+        openai_batch_paths = {mount + "/batches" for mount in OPENAI_MOUNTS}
+        self.collides = self.prefix in openai_batch_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        prefix = self.prefix
+        if scope["type"] != "http" or not prefix or prefix == BASE:
+            return await self.app(scope, receive, send)
+        if path != prefix and not path.startswith(prefix + "/"):
+            return await self.app(scope, receive, send)
+        rest = path[len(prefix) :].rstrip("/")
+        anthropic, receive = await self._classify(scope, receive, rest)
+        if anthropic:
+            scope = dict(scope)
+            scope["path"] = BASE + rest
+            scope["raw_path"] = (BASE + rest).encode()
+            scope[PREFIX_SCOPE_KEY] = prefix
+            scope[PATH_SCOPE_KEY] = path
+        await self.app(scope, receive, send)
+
+    async def _classify(self, scope: Scope, receive: Receive, rest: str) -> tuple[bool, Receive]:
+        if not self.collides:
+            return True, receive
+        if rest:
+            return rest.startswith("/msgbatch_"), receive
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        if scope["method"] != "POST":
+            query = scope.get("query_string", b"")
+            hinted = b"after_id=" in query or b"before_id=" in query
+            return hinted or b"anthropic-version" in headers, receive
+        buffered: list[Message] = []
+        size, complete = 0, False
+        while size <= PEEK_LIMIT:
+            message = await receive()
+            buffered.append(message)
+            size += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                complete = True
+                break
+        anthropic = not complete
+        if complete:
+            try:
+                body = orjson.loads(b"".join(m.get("body", b"") for m in buffered))
+            except orjson.JSONDecodeError:
+                body = None
+            anthropic = isinstance(body, dict) and "requests" in body
+
+        async def replay() -> Message:
+            return buffered.pop(0) if buffered else await receive()
+
+        return anthropic, replay
+
+
+def _route_shape(request: Request) -> str:
+    path = request.url.path
+    anthropic = path.startswith("/v1/messages") or PREFIX_SCOPE_KEY in request.scope
+    return "anthropic" if anthropic else "openai"
+
+
+def create_app(engine: Engine) -> FastAPI:
+    app = FastAPI(
+        title="batchrelay emulator",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.engine = engine
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError):
+        return exc.to_response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        message = f"Invalid URL ({request.method} {request.url.path})"
+        if exc.status_code != 404:
+            message = str(exc.detail)
+        shape = _route_shape(request)
+        return ApiError(exc.status_code, message, shape=shape).to_response()  # type: ignore[arg-type]
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, exc: Exception):
+        shape = _route_shape(request)
+        return ApiError(500, f"Emulator error: {exc!r}", shape=shape).to_response()  # type: ignore[arg-type]
+
+    app.include_router(admin_router())
+    app.include_router(anthropic_router())
+    for mount, flavor in OPENAI_MOUNTS.items():
+        app.include_router(openai_router(flavor), prefix=mount)
+    app.add_middleware(ResellerPathMiddleware, prefix=engine.config.anthropic_batches_path)
+    return app

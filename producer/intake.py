@@ -1,0 +1,222 @@
+"""Checking and routing one request at the door, before anything touches Redis.
+
+Whatever a provider would reject for sure is refused here with an exception that says what
+and why (promise 9); a request that passes is routed to its group and encoded once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from config import ProviderProfile, Settings
+from producer import errors
+from producer.callbacks import CeleryTask, Webhook, WebhookPolicy, validate_callback
+from producer.keys import body_hash, group_tag
+
+MAX_METADATA_BYTES = 16 * 1024
+MAX_IDEMPOTENCY_KEY = 255
+# {"custom_id":"<41>","method":"POST","url":"<endpoint>","body":<body>}\n around the body.
+LINE_OVERHEAD = 50 + 41
+# Anthropic-style batches wrap a body as {"custom_id":"<41>","params":<body>}, plus a comma:
+# fewer bytes than LINE_OVERHEAD + the endpoint, so `line_bytes` also bounds the create body.
+MESSAGES = "/v1/messages"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A checked request, ready to be stored."""
+
+    tag: str
+    profile: str
+    endpoint: str
+    model: str
+    body_json: bytes
+    line_bytes: int
+    callback_json: bytes
+    metadata_json: bytes
+    idempotency_key: str
+
+    @property
+    def body_hash(self) -> str:
+        return body_hash(self.endpoint.encode() + b"\x00" + self.body_json)
+
+
+class Router:
+    """Picks a request's primary profile: the first profile, in configuration order, whose
+    `models` globs match and which accepts the endpoint, and which is enabled or has an
+    enabled fallback that can take the request. The worker may still send a batch to one of
+    the primary's fallbacks (disabled, batches-in-flight cap, token budget); the group stays
+    the primary's."""
+
+    def __init__(self, settings: Settings):
+        self.all = list(settings.providers)
+        self.by_name = {p.name: p for p in self.all}
+        self.profiles = [p for p in self.all if p.enabled]
+        self.endpoints = sorted({e for p in self.profiles for e in p.endpoints})
+
+    def usable(self, profile: ProviderProfile, endpoint: str, model: str) -> bool:
+        """Whether requests routed to `profile` can be sent somewhere."""
+        if profile.enabled:
+            return True
+        return any(
+            f.enabled and f.accepts(endpoint, model)
+            for f in (self.by_name[n] for n in profile.fallbacks)
+        )
+
+    def max_line_bytes(self, profile: ProviderProfile, endpoint: str, model: str) -> float:
+        """The largest request whose token estimate fits an enqueued-token budget of some
+        profile the request may go to (infinite where one has no budget): a larger one
+        could never be sent."""
+        chain = [profile, *(self.by_name[n] for n in profile.fallbacks)]
+        usable = [p for p in chain if p.enabled and p.accepts(endpoint, model)]
+        fits = [
+            math.inf if (b := p.token_budget(model)) is None else b * p.bytes_per_token(model)
+            for p in usable
+        ]
+        return max(fits, default=math.inf)
+
+    def route(self, endpoint: str, model: str) -> ProviderProfile:
+        if endpoint not in self.endpoints:
+            raise errors.UnknownEndpointError(
+                f"endpoint {endpoint!r} is not served by any configured provider; "
+                f"supported endpoints: {', '.join(self.endpoints) or 'none (no provider)'}"
+            )
+        serving = [p for p in self.all if p.serves(model) and self.usable(p, endpoint, model)]
+        if not serving:
+            globs = sorted({g for p in self.profiles for g in p.models})
+            raise errors.UnknownModelError(
+                f"model {model!r} matches no provider profile's models ({', '.join(globs)}); "
+                "add it to a profile's `models` globs"
+            )
+        for p in serving:
+            if endpoint in p.endpoints:
+                return p
+        raise errors.UnknownEndpointError(
+            f"model {model!r} is served by {', '.join(p.name for p in serving)}, "
+            f"which do not accept endpoint {endpoint!r}"
+        )
+
+
+class Intake:
+    def __init__(self, settings: Settings):
+        self.router = Router(settings)
+        self._routes: dict[tuple[str, str], tuple[ProviderProfile, str, float]] = {}
+        self.policy = WebhookPolicy(
+            allow_private=settings.webhook_allow_private,
+            allow_hosts=tuple(settings.webhook_allow_hosts),
+        )
+
+    def prepare(
+        self,
+        endpoint: str,
+        body: Mapping[str, Any],
+        *,
+        callback: Webhook | CeleryTask | None = None,
+        idempotency_key: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Prepared:
+        if not isinstance(endpoint, str):
+            raise errors.UnknownEndpointError(f"endpoint must be a string, got {type(endpoint)}")
+        if not isinstance(body, Mapping):
+            raise errors.InvalidRequestError(
+                f"body must be a JSON object (a dict), got {type(body).__name__}"
+            )
+        model = body.get("model")
+        if model is None or model == "":
+            raise errors.MissingModelError(
+                f"body has no 'model'; a batch request must name its model ({endpoint})"
+            )
+        if not isinstance(model, str):
+            raise errors.MissingModelError(f"body 'model' must be a string, got {model!r}")
+        route = self._routes.get((endpoint, model))
+        if route is None:
+            profile = self.router.route(endpoint, model)
+            route = self._routes[endpoint, model] = (
+                profile,
+                group_tag(profile.name, endpoint, model),
+                self.router.max_line_bytes(profile, endpoint, model),
+            )
+        profile, tag, budget_bytes = route
+        if body.get("stream"):
+            raise errors.StreamingNotSupportedError(
+                "body has 'stream': true; the Batch API does not stream, remove it"
+            )
+        if endpoint == MESSAGES:
+            _check_messages_body(body)
+        try:
+            body_json = orjson.dumps(body)
+        except TypeError as exc:
+            raise errors.InvalidRequestError(f"body is not JSON-serialisable: {exc}") from None
+        line_bytes = len(body_json) + len(endpoint) + LINE_OVERHEAD
+        if line_bytes > profile.max_line_bytes:
+            raise errors.RequestTooLargeError(
+                f"request is {line_bytes} bytes as a batch line; provider {profile.name!r} "
+                f"accepts at most {profile.max_line_bytes} (max_line_bytes)"
+            )
+        if line_bytes > budget_bytes:
+            raise errors.RequestTooLargeError(
+                f"request is {line_bytes} bytes as a batch line, estimated at more enqueued "
+                f"tokens than the budget (enqueued_token_budget) for {model!r} at "
+                f"{profile.name!r} and its fallbacks; it could never be sent"
+            )
+        validate_callback(callback, self.policy)
+        callback_json = orjson.dumps(callback.to_record()) if callback is not None else b""
+        return Prepared(
+            tag=tag,
+            profile=profile.name,
+            endpoint=endpoint,
+            model=model,
+            body_json=body_json,
+            line_bytes=line_bytes,
+            callback_json=callback_json,
+            metadata_json=_metadata_json(metadata),
+            idempotency_key=_idempotency_key(idempotency_key),
+        )
+
+
+def _check_messages_body(body: Mapping[str, Any]) -> None:
+    """What every Anthropic-style Messages request needs, or the provider fails it for sure."""
+    max_tokens = body.get("max_tokens")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise errors.InvalidRequestError(
+            f"body 'max_tokens' must be a positive integer for {MESSAGES}, got {max_tokens!r}"
+        )
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise errors.InvalidRequestError(f"body 'messages' must be a non-empty list for {MESSAGES}")
+
+
+def _metadata_json(metadata: Mapping[str, Any] | None) -> bytes:
+    if metadata is None:
+        return b""
+    if not isinstance(metadata, Mapping):
+        raise errors.InvalidMetadataError(
+            f"metadata must be a JSON object (a dict), got {type(metadata).__name__}"
+        )
+    if not all(isinstance(k, str) for k in metadata):
+        raise errors.InvalidMetadataError("metadata keys must be strings")
+    try:
+        encoded = orjson.dumps(metadata)
+    except TypeError as exc:
+        raise errors.InvalidMetadataError(f"metadata is not JSON-serialisable: {exc}") from None
+    if len(encoded) > MAX_METADATA_BYTES:
+        raise errors.InvalidMetadataError(
+            f"metadata is {len(encoded)} bytes as JSON; the limit is {MAX_METADATA_BYTES}"
+        )
+    return encoded
+
+
+def _idempotency_key(key: str | None) -> str:
+    if key is None:
+        return ""
+    if not isinstance(key, str) or not key or len(key) > MAX_IDEMPOTENCY_KEY:
+        raise errors.InvalidRequestError(
+            f"idempotency_key must be a non-empty string of at most {MAX_IDEMPOTENCY_KEY} "
+            "characters"
+        )
+    return key

@@ -1,0 +1,144 @@
+"""Every Redis key and id batchrelay uses, in one place (as arq keeps its constants).
+
+A *group* is one (provider profile, endpoint, model): the unit that is packed into a provider
+batch. Its tag is a short hash that every key of the group carries in `{braces}`, so all of a
+group's keys share one Redis Cluster hash slot and a Lua script may touch any of them.
+Request and batch ids embed the tag, so a key can be found from an id alone.
+
+    {p}:groups                  hash   tag -> JSON {profile, endpoint, model}
+    {p}:{tag}:pending           zset   request id -> enqueue time (ms); the pending queue
+    {p}:{tag}:pbytes            string total JSONL bytes of the pending requests
+    {p}:{tag}:req:{rid}         hash   the request record
+    {p}:{tag}:batch:{bid}       hash   the batch record
+    {p}:{tag}:items:{bid}       list   the request ids of a batch, in JSONL line order
+    {p}:{tag}:inflight          zset   batch id -> when it next needs attention (ms)
+    {p}:{tag}:deliver           zset   request id -> when its next delivery attempt is due (ms)
+    {p}:{tag}:dead              zset   request id -> when its delivery was given up (ms)
+    {p}:{tag}:backoff           string set while the group must not be packed (token limit)
+    {p}:{tag}:lock:{bid}        string a worker's lease on one batch
+    {p}:idem:{sha256(key)}      string "rid body-hash" of an idempotency key
+    {p}:done:{tag}              pubsub channel: space-separated ids of requests just made final
+
+A provider profile's keys are shared by every group and worker that sends batches to it. They
+carry the tag `{pf:<profile>}`, so the `reserve` script may touch them together:
+
+    {p}:{pf:<profile>}:live           hash  batch id -> model: batches holding one of the
+                                            profile's in-flight slots (max_batches_in_flight)
+    {p}:{pf:<profile>}:tokens:<model> hash  batch id -> its estimated enqueued tokens, and
+                                            "total" -> their sum (enqueued_token_budget)
+    {p}:{pf:<profile>}:pbatches       hash  provider batch id -> our batch id: which claim a
+                                            provider batch belongs to, for providers whose
+                                            batches carry no metadata (Anthropic)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def group_tag(profile: str, endpoint: str, model: str) -> str:
+    digest = hashlib.blake2b(f"{profile}\x00{endpoint}\x00{model}".encode(), digest_size=8)
+    return _b32(int.from_bytes(digest.digest(), "big"), 12)
+
+
+def _b32(value: int, width: int) -> str:
+    out = []
+    for _ in range(width):
+        out.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(out))
+
+
+def _ulid() -> str:
+    """Time-ordered and unique: 10 base32 characters of milliseconds and 64 random bits in hex
+    (hex digits are Crockford base32 digits too), 26 characters; cheap enough for intake."""
+    return _b32(time.time_ns() // 1_000_000, 10) + os.urandom(8).hex()
+
+
+def new_request_id(tag: str) -> str:
+    """`r_<tag>_<ulid>`: 41 characters, valid as an Anthropic custom_id (^[a-zA-Z0-9_-]{1,64}$)."""
+    return f"r_{tag}_{_ulid()}"
+
+
+def new_batch_id(tag: str) -> str:
+    return f"b_{tag}_{_ulid()}"
+
+
+def tag_of(any_id: str) -> str:
+    """The group tag inside a request or batch id; ValueError if it is not one of ours."""
+    parts = any_id.split("_")
+    if len(parts) != 3 or parts[0] not in ("r", "b") or len(parts[1]) != 12 or len(parts[2]) != 26:
+        raise ValueError(f"{any_id!r} is not a batchrelay request or batch id")
+    return parts[1]
+
+
+def body_hash(body_json: bytes) -> str:
+    return hashlib.sha256(body_json).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "br"
+
+    @property
+    def groups(self) -> str:
+        return f"{self.prefix}:groups"
+
+    def _g(self, tag: str) -> str:
+        return f"{self.prefix}:{{{tag}}}"
+
+    def pending(self, tag: str) -> str:
+        return f"{self._g(tag)}:pending"
+
+    def pbytes(self, tag: str) -> str:
+        return f"{self._g(tag)}:pbytes"
+
+    def req_prefix(self, tag: str) -> str:
+        return f"{self._g(tag)}:req:"
+
+    def req(self, rid: str) -> str:
+        return f"{self._g(tag_of(rid))}:req:{rid}"
+
+    def batch(self, bid: str) -> str:
+        return f"{self._g(tag_of(bid))}:batch:{bid}"
+
+    def items(self, bid: str) -> str:
+        return f"{self._g(tag_of(bid))}:items:{bid}"
+
+    def inflight(self, tag: str) -> str:
+        return f"{self._g(tag)}:inflight"
+
+    def deliver(self, tag: str) -> str:
+        return f"{self._g(tag)}:deliver"
+
+    def dead(self, tag: str) -> str:
+        return f"{self._g(tag)}:dead"
+
+    def backoff(self, tag: str) -> str:
+        return f"{self._g(tag)}:backoff"
+
+    def lock(self, bid: str) -> str:
+        return f"{self._g(tag_of(bid))}:lock:{bid}"
+
+    def idem(self, key: str) -> str:
+        return f"{self.prefix}:idem:{hashlib.sha256(key.encode()).hexdigest()}"
+
+    def done(self, tag: str) -> str:
+        return f"{self.prefix}:done:{tag}"
+
+    def _pf(self, profile: str) -> str:
+        return f"{self.prefix}:{{pf:{profile}}}"
+
+    def live(self, profile: str) -> str:
+        return f"{self._pf(profile)}:live"
+
+    def tokens(self, profile: str, model: str) -> str:
+        return f"{self._pf(profile)}:tokens:{model}"
+
+    def pbatches(self, profile: str) -> str:
+        return f"{self._pf(profile)}:pbatches"

@@ -1,0 +1,260 @@
+-- batchrelay's atomic steps, one script (as dramatiq's dispatch.lua): ARGV[1] names the command.
+--
+-- Every key a command touches belongs to one group and carries the group's {hash tag}, so the
+-- script is valid on a Redis Cluster. Request records are addressed as req_prefix .. id, the
+-- prefix being a key of the same group. Redis runs a script alone, so each command is atomic
+-- with respect to submit(), cancel() and the other commands; a crash never leaves half of one.
+--
+-- Request states: pending -> in_batch -> succeeded | failed, and pending -> cancelled.
+-- A request is in the pending zset exactly when its state is pending (promise 1), and in at
+-- most one batch, named by its `batch` field (promise 2).
+
+local cmd = ARGV[1]
+
+local function chunks(list, size)
+  local out, n = {}, #list
+  for i = 1, n, size do
+    local part = {}
+    for j = i, math.min(i + size - 1, n) do part[#part + 1] = list[j] end
+    out[#out + 1] = part
+  end
+  return out
+end
+
+-- Final states are announced on the group's `done` channel (ARGV[2]), one message per call
+-- listing the request ids, so result() can wait without polling and a 500-line chunk costs
+-- one PUBLISH, not 500.
+local function final(rk, state, now, retention_ms, fields)
+  redis.call('HSET', rk, 'state', state, 'finished', now, unpack(fields))
+  redis.call('HDEL', rk, 'body')  -- never read again; only the result is kept
+  redis.call('PEXPIRE', rk, retention_ms)
+end
+
+-- claim: move up to max_n pending requests, at most max_bytes of JSONL and max_tokens of
+-- estimated tokens (0: no bound; a request's estimate is ceil(bytes / per_token)), into a new
+-- batch. Returns {requests, bytes, estimated tokens}.
+-- KEYS: pending, pbytes, batch, items, inflight
+-- ARGV: 'claim', -, req_prefix, max_n, max_bytes, bid, now_ms, inflight score, per_token,
+--       max_tokens, batch field/value pairs...
+if cmd == 'claim' then
+  local req_prefix, max_n, max_bytes = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+  local bid, now = ARGV[6], ARGV[7]
+  local per_token, max_tokens = tonumber(ARGV[9]), tonumber(ARGV[10])
+  local ids = redis.call('ZRANGE', KEYS[1], 0, max_n - 1)
+  local chosen, orphans, total, tokens = {}, {}, 0, 0
+  for _, rid in ipairs(ids) do
+    local size = tonumber(redis.call('HGET', req_prefix .. rid, 'bytes'))
+    if size == nil then
+      orphans[#orphans + 1] = rid
+    else
+      local estimate = math.ceil(size / per_token)
+      if #chosen > 0 and total + size > max_bytes then break end
+      if max_tokens > 0 and tokens + estimate > max_tokens then break end
+      chosen[#chosen + 1] = rid
+      total = total + size
+      tokens = tokens + estimate
+    end
+  end
+  for _, part in ipairs(chunks(orphans, 1000)) do redis.call('ZREM', KEYS[1], unpack(part)) end
+  if #chosen == 0 then return {0, 0, 0} end
+  for _, part in ipairs(chunks(chosen, 1000)) do
+    redis.call('ZREM', KEYS[1], unpack(part))
+    redis.call('RPUSH', KEYS[4], unpack(part))
+  end
+  for _, rid in ipairs(chosen) do
+    redis.call('HSET', req_prefix .. rid, 'state', 'in_batch', 'batch', bid)
+  end
+  redis.call('DECRBY', KEYS[2], total)
+  local fields = {}
+  for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
+  redis.call('HSET', KEYS[3], 'n', #chosen, 'bytes', total, 'tokens', tokens, 'claimed', now,
+    unpack(fields))
+  redis.call('ZADD', KEYS[5], ARGV[8], bid)
+  return {#chosen, total, tokens}
+end
+
+-- settle: apply provider outcomes of one batch to its requests. A line for a request that is
+-- not (any more) in this batch is stale and ignored, so collecting twice is harmless.
+-- KEYS: pending, pbytes, deliver
+-- ARGV: 'settle', done_channel, req_prefix, bid, now_ms, retention_ms, max_attempts,
+--       provider_batch_id, profile that served the batch (a fallback, maybe), then 4 values per
+--       request: rid, outcome, status_code, payload
+--   outcome ok      -> succeeded, payload = response body JSON
+--   outcome fail    -> failed, payload = error JSON
+--   outcome retry   -> back to pending with attempt + 1 (failed once attempts run out)
+--   outcome requeue -> back to pending, attempt unchanged (the batch, not the request, failed)
+if cmd == 'settle' then
+  local req_prefix, bid, now = ARGV[3], ARGV[4], ARGV[5]
+  local retention_ms, max_attempts, pbatch = ARGV[6], tonumber(ARGV[7]), ARGV[8]
+  local served_by = ARGV[9]
+  local counts = {ok = 0, fail = 0, retry = 0, requeue = 0, stale = 0}
+  local finished = {}
+  for i = 10, #ARGV, 4 do
+    local rid, outcome, status, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+    local rk = req_prefix .. rid
+    local cur = redis.call('HMGET', rk, 'state', 'batch', 'attempt', 'callback')
+    if cur[1] ~= 'in_batch' or cur[2] ~= bid then
+      counts.stale = counts.stale + 1
+    else
+      local attempt = tonumber(cur[3]) or 0
+      if outcome == 'retry' and attempt + 1 >= max_attempts then
+        outcome = 'fail'
+      end
+      if outcome == 'ok' or outcome == 'fail' then
+        local fields = {'status_code', status, 'pbatch', pbatch, 'attempt', attempt + 1,
+          'served_by', served_by}
+        if outcome == 'ok' then
+          fields[#fields + 1] = 'result'
+        else
+          fields[#fields + 1] = 'error'
+        end
+        fields[#fields + 1] = payload
+        if cur[4] and cur[4] ~= '' then
+          fields[#fields + 1] = 'dstate'
+          fields[#fields + 1] = 'pending'
+          redis.call('ZADD', KEYS[3], now, rid)
+        end
+        final(rk, outcome == 'ok' and 'succeeded' or 'failed', now, retention_ms, fields)
+        finished[#finished + 1] = rid
+      else
+        local next_attempt = attempt
+        if outcome == 'retry' then next_attempt = attempt + 1 end
+        local size = redis.call('HMGET', rk, 'bytes', 'created')
+        redis.call('HSET', rk, 'state', 'pending', 'batch', '', 'attempt', next_attempt,
+          'last_error', payload)
+        redis.call('ZADD', KEYS[1], size[2], rid)
+        redis.call('INCRBY', KEYS[2], size[1])
+      end
+      counts[outcome] = counts[outcome] + 1
+    end
+  end
+  if #finished > 0 then redis.call('PUBLISH', ARGV[2], table.concat(finished, ' ')) end
+  return {counts.ok, counts.fail, counts.retry, counts.requeue, counts.stale}
+end
+
+-- reserve: hold a batch-in-flight slot and enqueued tokens at one provider profile for one
+-- batch, or hold nothing there. Repeating it for the same batch updates its tokens (a new
+-- estimate); a refusal drops what the batch held, so a refused batch never keeps a share.
+-- Tokens fit when the profile's reservations for the model stay within the budget, or when
+-- nothing else is reserved (a batch larger than the whole budget must not wait forever).
+-- Both keys carry the profile's {hash tag}, so this is one slot on a Redis Cluster.
+-- KEYS: live (hash bid -> model), tokens (hash bid -> tokens, plus 'total')
+-- ARGV: 'reserve', -, bid, model, tokens, max_live (0: no cap), budget (0: none), force (1/0)
+-- Returns 1 when held, 0 when there is no room.
+if cmd == 'reserve' then
+  local bid, model, tokens = ARGV[3], ARGV[4], tonumber(ARGV[5])
+  local max_live, budget, force = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8] == '1'
+  local held = tonumber(redis.call('HGET', KEYS[2], bid) or '0')
+  local live = redis.call('HEXISTS', KEYS[1], bid) == 1
+  local others = tonumber(redis.call('HGET', KEYS[2], 'total') or '0') - held
+  local slot_ok = live or max_live == 0 or redis.call('HLEN', KEYS[1]) < max_live
+  local tokens_ok = budget == 0 or others + tokens <= budget or others == 0
+  if not (force or (slot_ok and tokens_ok)) then
+    redis.call('HDEL', KEYS[1], bid)
+    if redis.call('HDEL', KEYS[2], bid) == 1 then
+      redis.call('HINCRBY', KEYS[2], 'total', -held)
+    end
+    return 0
+  end
+  redis.call('HSET', KEYS[1], bid, model)
+  redis.call('HSET', KEYS[2], bid, tokens)
+  redis.call('HINCRBY', KEYS[2], 'total', tokens - held)
+  return 1
+end
+
+-- release: give back a batch's slot and tokens at a profile; repeating it changes nothing.
+-- KEYS: live, tokens (as for reserve)
+-- ARGV: 'release', -, bid
+if cmd == 'release' then
+  local held = redis.call('HGET', KEYS[2], ARGV[3])
+  redis.call('HDEL', KEYS[1], ARGV[3])
+  if held then
+    redis.call('HDEL', KEYS[2], ARGV[3])
+    redis.call('HINCRBY', KEYS[2], 'total', -tonumber(held))
+    return 1
+  end
+  return 0
+end
+
+-- intake: store requests of one group, each (record, pending entry, byte count) unless its
+-- record exists already: a reused idempotency key, or a submit repeated after a crash. One
+-- call per group per chunk, so intake costs one round trip and no per-request script call.
+-- KEYS: pending, pbytes
+-- ARGV: 'intake', -, req_prefix, created_ms, then 6 values per request:
+--       rid, bytes, body, callback, metadata, idempotency key ('' when absent)
+if cmd == 'intake' then
+  local req_prefix, created = ARGV[3], ARGV[4]
+  local stored, total = 0, 0
+  local optional = {'callback', 'metadata', 'idem'}
+  for i = 5, #ARGV, 6 do
+    local rid = ARGV[i]
+    local rk = req_prefix .. rid
+    if redis.call('EXISTS', rk) == 0 then
+      local f = {'state', 'pending', 'body', ARGV[i + 2], 'bytes', ARGV[i + 1], 'created', created}
+      for n, name in ipairs(optional) do
+        if ARGV[i + 2 + n] ~= '' then
+          f[#f + 1] = name
+          f[#f + 1] = ARGV[i + 2 + n]
+        end
+      end
+      redis.call('HSET', rk, unpack(f))
+      redis.call('ZADD', KEYS[1], created, rid)
+      total = total + tonumber(ARGV[i + 1])
+      stored = stored + 1
+    end
+  end
+  if total > 0 then redis.call('INCRBY', KEYS[2], total) end
+  return stored
+end
+
+-- unclaim: give back an idempotency key a failed submit took, if it still holds that value.
+-- KEYS: idempotency key
+-- ARGV: 'unclaim', -, value
+if cmd == 'unclaim' then
+  if redis.call('GET', KEYS[1]) == ARGV[3] then return redis.call('DEL', KEYS[1]) end
+  return 0
+end
+
+-- cancel: only a pending request can be cancelled; returns 'ok' when this call cancelled it,
+-- else its current state ('' when the request does not exist).
+-- KEYS: pending, pbytes, request record
+-- ARGV: 'cancel', done_channel, rid, now_ms, retention_ms
+if cmd == 'cancel' then
+  local rid, now, retention_ms = ARGV[3], ARGV[4], ARGV[5]
+  if redis.call('ZREM', KEYS[1], rid) == 1 then
+    redis.call('DECRBY', KEYS[2], redis.call('HGET', KEYS[3], 'bytes') or 0)
+    final(KEYS[3], 'cancelled', now, retention_ms, {})
+    redis.call('PUBLISH', ARGV[2], rid)
+    return 'ok'
+  end
+  return redis.call('HGET', KEYS[3], 'state') or ''
+end
+
+-- lease: take up to `limit` members of a schedule zset that are due, and push each one's score
+-- to now + lease_ms, so the next tick does not hand it out again while it is being handled;
+-- if the handler dies, the member is due again when the lease runs out.
+-- KEYS: schedule zset
+-- ARGV: 'lease', -, now_ms, lease_ms, limit
+if cmd == 'lease' then
+  local now, lease_ms, limit = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+  local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
+  for _, member in ipairs(due) do redis.call('ZADD', KEYS[1], 'XX', now + lease_ms, member) end
+  return due
+end
+
+-- take: start handling one leased member, fenced by its lease. Succeeds only while the member
+-- still carries the score `lease` gave this holder; then pushes it to hold_until. A chunk that
+-- waited in the queue past its lease was handed out again by a later tick: the score moved, so
+-- the stale holder skips the member instead of sending it a second time.
+-- KEYS: schedule zset
+-- ARGV: 'take', -, member, leased_until_ms, hold_until_ms
+if cmd == 'take' then
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[3])
+  if score and tonumber(score) == tonumber(ARGV[4]) then
+    redis.call('ZADD', KEYS[1], 'XX', tonumber(ARGV[5]), ARGV[3])
+    return 1
+  end
+  return 0
+end
+
+return redis.error_reply('batchrelay script: unknown command ' .. tostring(cmd))

@@ -1,0 +1,154 @@
+"""Reading batch input files (OpenAI lines, Anthropic lines and documents) and the helpers of
+the cost table, without Redis."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import orjson
+import pytest
+
+from batchrelay.run import (
+    ANTHROPIC_ENDPOINT,
+    InputFileError,
+    count,
+    idempotency_key,
+    scan,
+    tokens,
+    usd,
+)
+from config import load_settings
+from producer.intake import Intake
+from tests.cli.conftest import chat_line, write_jsonl
+
+
+@pytest.fixture
+def intake() -> Intake:
+    settings = load_settings(
+        redis_url="redis://127.0.0.1:1/0",
+        providers=[
+            {
+                "name": "oa",
+                "base_url": "http://127.0.0.1:1/v1",
+                "api_key": "k",
+                "models": ["gpt-*"],
+            },
+            {
+                "name": "claude",
+                "kind": "anthropic",
+                "base_url": "http://127.0.0.1:1",
+                "api_key": "k",
+                "models": ["claude-*"],
+            },
+        ],
+    )
+    return Intake(settings)
+
+
+def claude(i: int) -> dict:
+    return {
+        "custom_id": f"c-{i}",
+        "params": {
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 64,
+            "messages": [{"role": "user", "content": f"hi {i}"}],
+        },
+    }
+
+
+def test_openai_and_anthropic_lines_mixed(intake: Intake, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "mixed.jsonl", [chat_line(0), claude(1), chat_line(2)])
+    plan = scan(src, intake)
+    assert plan.custom_ids == ["req-0", "c-1", "req-2"]
+    assert plan.kinds == {"openai": 2, "anthropic": 1}
+    assert plan.fingerprint == hashlib.sha256(src.read_bytes()).hexdigest()
+    endpoints = sorted(g["endpoint"] for g in plan.groups.values())
+    assert endpoints == ["/v1/chat/completions", ANTHROPIC_ENDPOINT]
+
+
+@pytest.mark.parametrize("indent", [False, True], ids=["one-line", "pretty"])
+def test_anthropic_requests_document(intake: Intake, tmp_path: Path, indent: bool) -> None:
+    """Anthropic's create-batch body `{"requests": [...]}`, on one line or pretty-printed."""
+    option = orjson.OPT_INDENT_2 if indent else 0
+    src = tmp_path / "requests.json"
+    src.write_bytes(orjson.dumps({"requests": [claude(i) for i in range(3)]}, option=option))
+    plan = scan(src, intake)
+    assert plan.custom_ids == ["c-0", "c-1", "c-2"]
+    assert plan.kinds == {"anthropic": 3}
+    assert plan.fingerprint == hashlib.sha256(src.read_bytes()).hexdigest()
+
+
+def test_document_errors_name_the_request(intake: Intake, tmp_path: Path) -> None:
+    bad = claude(1)
+    del bad["params"]["max_tokens"]
+    src = tmp_path / "requests.json"
+    src.write_bytes(orjson.dumps({"requests": [claude(0), bad]}, option=orjson.OPT_INDENT_2))
+    with pytest.raises(InputFileError) as caught:
+        scan(src, intake)
+    assert caught.value.problems == [
+        "requests[1]: (custom_id 'c-1') body 'max_tokens' must be a positive integer for "
+        "/v1/messages, got None"
+    ]
+
+
+def test_same_content_same_fingerprint_anywhere(intake: Intake, tmp_path: Path) -> None:
+    """Resuming finds its keys even if the file was moved or renamed; an edit is a new file."""
+    lines = [chat_line(i) for i in range(3)]
+    a = scan(write_jsonl(tmp_path / "a.jsonl", lines), intake)
+    (tmp_path / "moved").mkdir()
+    b = scan(write_jsonl(tmp_path / "moved" / "b.jsonl", lines), intake)
+    lines[2]["body"]["temperature"] = 0
+    c = scan(write_jsonl(tmp_path / "a.jsonl", lines), intake)
+    assert a.fingerprint == b.fingerprint != c.fingerprint
+
+
+def test_problems_are_capped(intake: Intake, tmp_path: Path) -> None:
+    src = tmp_path / "junk.jsonl"
+    src.write_bytes(b"nope\n" * 50)
+    with pytest.raises(InputFileError) as caught:
+        scan(src, intake)
+    problems = caught.value.problems
+    assert len(problems) == 21 and problems[-1] == "(stopped after 20 problems)"
+    assert problems[19].startswith("line 20: not valid JSON")
+
+
+def test_empty_file(intake: Intake, tmp_path: Path) -> None:
+    src = tmp_path / "empty.jsonl"
+    src.write_bytes(b"\n\n")
+    with pytest.raises(InputFileError, match="holds no requests"):
+        scan(src, intake)
+
+
+def test_idempotency_key_fits_the_limit() -> None:
+    fp = "f" * 64
+    assert idempotency_key(fp, "req-1") == f"run:{'f' * 32}:req-1"
+    long = idempotency_key(fp, "x" * 300)
+    assert len(long) <= 255 and long == idempotency_key(fp, "x" * 300)
+    assert long != idempotency_key(fp, "x" * 301)
+
+
+@pytest.mark.parametrize(
+    ("usage", "expected"),
+    [
+        ({"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}, (10, 3)),
+        ({"input_tokens": 7, "output_tokens": 2, "total_tokens": 9}, (7, 2)),
+        ({"prompt_tokens": 5, "total_tokens": 5}, (5, 0)),
+        ({"input_tokens": 4, "output_tokens": 8, "cache_read_input_tokens": 100}, (4, 8)),
+        (None, (0, 0)),
+        ({"prompt_tokens": True}, (0, 0)),
+    ],
+    ids=["chat", "responses-anthropic", "embeddings", "anthropic-cache", "none", "bool"],
+)
+def test_tokens_from_usage(usage: object, expected: tuple[int, int]) -> None:
+    assert tokens(usage) == expected
+
+
+def test_number_formats() -> None:
+    assert (count(987_654), count(123_456_789)) == ("987,654", "123.46M")
+    assert (usd(16.294), usd(0.04), usd(0.000058), usd(0)) == (
+        "$16.29",
+        "$0.0400",
+        "$0.000058",
+        "$0.0000",
+    )

@@ -1,0 +1,1 @@
+from tests._receiver import webhook_receiver  # noqa: F401

@@ -1,0 +1,163 @@
+"""Collecting a finished batch: stream its result files and settle every request.
+
+Success lines store the response; error lines are final or go back to pending by class; lines
+missing from both files go back to pending; a batch that failed validation fails the lines it
+names and re-pools the rest. Settling is idempotent, so a collection cut off half-way (a
+dropped download, a killed worker) simply runs again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterator
+
+import orjson
+
+from producer.keys import tag_of
+from worker import capacity
+from worker.context import COLLECTING, DONE, SUBMITTED, Relay
+from worker.packing import iter_item_ids
+from worker.providers import ProviderBatch, ProviderError
+from worker.settling import Row, settle_all
+
+log = logging.getLogger(__name__)
+
+MISSING = orjson.dumps(
+    {
+        "code": "missing_result",
+        "message": "the provider returned no result for this request",
+        "status_code": None,
+        "body": None,
+    }
+)
+TOKEN_LIMIT = "token_limit_exceeded"
+GONE = frozenset({404, 410})
+
+
+def collect_batch(relay: Relay, bid: str) -> Counter[str]:
+    with relay.batch_lease(bid) as held:
+        if not held:
+            return Counter(busy=1)
+        rec = relay.batch(bid)
+        if not rec or rec.get("state") == DONE:
+            return Counter()
+        if rec["state"] not in (SUBMITTED, COLLECTING):
+            return Counter()
+        adapter = relay.adapter(rec["profile"])
+        pb = adapter.retrieve(rec["pbatch"])
+        if not pb.terminal:
+            relay.set_batch(bid, state=SUBMITTED)
+            relay.schedule(bid, relay.now() + int(relay.settings.poll_interval_s * 1000))
+            return Counter()
+        unreadable = False
+        if pb.status == "failed":
+            counts = settle_failed(relay, bid, pb)
+        else:
+            counts = Counter()
+            try:
+                counts += settle_all(relay, bid, pb.id, _rows(adapter.results(pb)))
+            except ProviderError as exc:
+                if exc.retryable or exc.status not in GONE:
+                    # 401/403 after a key rotation, a proxy's 3xx…: results may still be there.
+                    relay.set_batch(bid, error=f"collect: {exc}")
+                    raise
+                # The file is gone for good (deleted, expired): what it held is re-sent below.
+                log.error("results of batch %s gone, re-pooling the rest: %s", bid, exc)
+                unreadable = True
+            settled = sum(counts[k] for k in ("ok", "fail", "retry", "requeue"))
+            if settled < int(rec.get("n") or 0):
+                counts += settle_all(relay, bid, pb.id, _missing(relay, bid, "retry", MISSING))
+        finish(relay, bid, pb, counts)
+        capacity.release(relay, rec["profile"], rec["model"], bid)
+        if relay.settings.delete_provider_files and not unreadable:
+            adapter.cleanup(pb)
+        return counts
+
+
+def _rows(outcomes: Iterator) -> Iterator[Row]:
+    for o in outcomes:
+        yield (o.custom_id, o.kind, o.status_code, o.payload)
+
+
+def _missing(relay: Relay, bid: str, outcome: str, payload: bytes) -> Iterator[Row]:
+    """Every request of the batch; the script ignores those already settled."""
+    for ids in iter_item_ids(relay, bid):
+        for rid in ids:
+            yield (rid, outcome, 0, payload)
+
+
+def settle_failed(relay: Relay, bid: str, pb: ProviderBatch) -> Counter[str]:
+    """Validation failed: requests on named lines fail with their error; the others were not
+    at fault and go back to pending without losing an attempt."""
+    by_line: dict[int, dict] = {}
+    batch_errors = []
+    for err in pb.errors:
+        line = err.get("line")
+        if isinstance(line, int) and line >= 1:
+            by_line.setdefault(line, err)
+        else:
+            batch_errors.append(err)
+    if any(e.get("code") == TOKEN_LIMIT for e in batch_errors):
+        backoff_ms = int(relay.settings.token_limit_backoff_s * 1000)
+        relay.redis.set(relay.keys.backoff(tag_of(bid)), 1, px=backoff_ms)
+        log.warning("batch %s refused for enqueued tokens; group backs off %d ms", bid, backoff_ms)
+    rows: list[Row] = []
+    counts: Counter[str] = Counter()
+    line = 0
+    for ids in iter_item_ids(relay, bid):
+        for rid in ids:
+            line += 1
+            err = by_line.get(line)
+            if err is not None:
+                payload = orjson.dumps(
+                    {
+                        "code": err.get("code"),
+                        "message": err.get("message"),
+                        "param": err.get("param"),
+                        "line": line,
+                        "status_code": None,
+                        "body": None,
+                    }
+                )
+                rows.append((rid, "fail", 0, payload))
+            elif by_line or any(e.get("code") == TOKEN_LIMIT for e in batch_errors):
+                rows.append((rid, "requeue", 0, _batch_error(pb)))
+            else:
+                rows.append((rid, "retry", 0, _batch_error(pb)))
+        counts += settle_all(relay, bid, pb.id, rows)
+        rows = []
+    return counts
+
+
+def _batch_error(pb: ProviderBatch) -> bytes:
+    first = pb.errors[0] if pb.errors else {}
+    return orjson.dumps(
+        {
+            "code": first.get("code") or "batch_failed",
+            "message": first.get("message") or f"provider batch {pb.id} failed",
+            "status_code": None,
+            "body": None,
+        }
+    )
+
+
+def finish(relay: Relay, bid: str, pb: ProviderBatch, counts: Counter[str]) -> None:
+    tag = tag_of(bid)
+    summary = {k: v for k, v in counts.items() if v}
+    retention_ms = relay.settings.result_retention_s * 1000
+    pipe = relay.redis.pipeline(transaction=True)
+    pipe.hset(
+        relay.keys.batch(bid),
+        mapping={
+            "state": DONE,
+            "pstatus": pb.status,
+            "collected": relay.now(),
+            "outcomes": orjson.dumps(summary),
+        },
+    )
+    pipe.zrem(relay.keys.inflight(tag), bid)
+    pipe.pexpire(relay.keys.batch(bid), retention_ms)
+    pipe.pexpire(relay.keys.items(bid), retention_ms)
+    pipe.execute()
+    log.info("batch %s (%s) collected: %s", bid, pb.status, summary)

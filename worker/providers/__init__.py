@@ -1,0 +1,36 @@
+"""One adapter per wire protocol; `make_adapter` picks it from the profile's `kind`."""
+
+from __future__ import annotations
+
+from config import ProviderProfile, Settings
+from worker.providers.anthropic import AnthropicAdapter
+from worker.providers.base import (
+    BatchAdapter,
+    Claim,
+    Outcome,
+    ProviderBatch,
+    ProviderError,
+    ReconcilePending,
+)
+from worker.providers.openai_compat import AzureAdapter, OpenAIAdapter
+
+ADAPTERS: dict[str, type[BatchAdapter]] = {
+    "openai": OpenAIAdapter,
+    "azure": AzureAdapter,
+    "anthropic": AnthropicAdapter,
+}
+
+
+def make_adapter(profile: ProviderProfile, settings: Settings) -> BatchAdapter:
+    return ADAPTERS[profile.kind](profile, settings)
+
+
+__all__ = [
+    "BatchAdapter",
+    "Claim",
+    "Outcome",
+    "ProviderBatch",
+    "ProviderError",
+    "ReconcilePending",
+    "make_adapter",
+]

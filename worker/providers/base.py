@@ -1,0 +1,127 @@
+"""What the relay needs from a provider's Batch API, whatever its wire protocol.
+
+The worker speaks only this interface: it never sees a URL or a header, so OpenAI, its
+resellers and Anthropic-style message batches differ only in their adapter.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+
+# Normalised batch statuses (OpenAI's names; other protocols map onto them).
+TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+
+OutcomeKind = Literal["ok", "fail", "retry"]
+
+
+@dataclass(frozen=True)
+class ProviderBatch:
+    id: str
+    status: str
+    created_at: float
+    counts: dict[str, int] = field(default_factory=dict)
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+    input_ref: str | None = None
+    results_url: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One request's result line: `ok` stores the response body, `fail` is final with the
+    provider's error, `retry` sends the request back to the pending queue."""
+
+    custom_id: str
+    kind: OutcomeKind
+    status_code: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What reconciliation may know about one claimed batch (promise 4, no double spend).
+
+    `owns` says whether a custom_id is one of this claim's requests (request ids are unique,
+    and a request is in one live batch at most, so one id identifies the claim); `recorded`
+    says which claim, if any, has already recorded a provider batch id at this profile.
+    """
+
+    bid: str
+    since: float  # epoch seconds: no provider batch for this claim was created earlier
+    n: int  # requests sent in the batch
+    owns: Callable[[str], bool]
+    recorded: Callable[[str], str | None]
+
+
+class ProviderError(Exception):
+    """An API call failed; `retryable` says whether the same call may succeed later."""
+
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.retryable = retryable
+
+
+class ReconcilePending(ProviderError):
+    """The provider may hold this claim's batch but cannot show it yet; creating one now
+    could pay twice, so the claim waits and asks again later."""
+
+    def __init__(self, message: str):
+        super().__init__(message, retryable=True)
+
+
+class BatchAdapter(ABC):
+    """One provider profile's Batch API. Methods are synchronous and stream large bodies."""
+
+    #: False when requests travel inline in the create call (no separate file upload).
+    uploads_files: bool = True
+
+    @abstractmethod
+    def write_input(
+        self, out: IO[bytes], endpoint: str, items: Iterable[tuple[str, bytes]]
+    ) -> None:
+        """Write the batch input for (request id, body JSON) pairs to `out`, streaming."""
+
+    @abstractmethod
+    def upload(self, path: Path, *, model: str) -> str:
+        """Upload the input file and return its provider id."""
+
+    @abstractmethod
+    def create(
+        self, *, input_ref: str | None, path: Path | None, endpoint: str, model: str, bid: str
+    ) -> ProviderBatch:
+        """Create the provider batch (carrying `bid` in its metadata where the provider has
+        any). Not retried on an ambiguous failure: the caller reconciles with `find` first."""
+
+    @abstractmethod
+    def find(self, claim: Claim) -> ProviderBatch | None:
+        """The provider batch created for this claim, if there is one; raises
+        ReconcilePending while that cannot be decided yet."""
+
+    @abstractmethod
+    def retrieve(self, provider_id: str) -> ProviderBatch: ...
+
+    @abstractmethod
+    def cancel(self, provider_id: str) -> ProviderBatch: ...
+
+    @abstractmethod
+    def results(self, batch: ProviderBatch) -> Iterator[Outcome]:
+        """Every result line of a terminal batch, streamed, in the provider's order."""
+
+    @abstractmethod
+    def cleanup(self, batch: ProviderBatch) -> None:
+        """Delete what the batch left at the provider (files), best effort."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections."""

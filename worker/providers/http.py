@@ -1,0 +1,124 @@
+"""HTTP calls to a provider with backoff on 429 and 5xx, honouring Retry-After.
+
+A call that may have taken effect (a create answered 5xx, a read timeout) is retried only
+when the caller says it is safe (`idempotent=True`); otherwise the error goes up so the
+caller can reconcile first.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from config import ProviderProfile
+from worker.providers.base import ProviderError
+from worker.webhooks import parse_retry_after
+
+log = logging.getLogger(__name__)
+
+MAX_RETRY_AFTER_S = 60.0
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 30.0
+
+
+def auth_headers(profile: ProviderProfile) -> dict[str, str]:
+    """The API key in the header style the profile's provider expects."""
+    key = profile.api_key.get_secret_value()
+    if profile.auth_style == "bearer":
+        return {"Authorization": f"Bearer {key}"}
+    return {profile.auth_style: key}
+
+
+def client(
+    profile: ProviderProfile,
+    timeout_s: float,
+    *,
+    base_url: str | None = None,
+    headers: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
+) -> httpx.Client:
+    """An HTTP client for one profile; redirects are not followed (they could carry the key
+    to another host)."""
+    return httpx.Client(
+        base_url=base_url or profile.base_url,
+        headers={**auth_headers(profile), **(headers or {})},
+        params=params,
+        timeout=httpx.Timeout(timeout_s, connect=10.0),
+        follow_redirects=False,
+    )
+
+
+def retry_after_s(response: httpx.Response) -> float | None:
+    """Seconds to wait from `retry-after-ms` or `Retry-After` (delta seconds or HTTP date)."""
+    ms = response.headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return parse_retry_after(value, time.time())  # an HTTP date; None if unreadable
+
+
+def backoff_s(attempt: int) -> float:
+    """Full-jitter exponential backoff."""
+    return random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))
+
+
+def describe(response: httpx.Response) -> str:
+    """A short error text from a provider response (never the request, which holds the key)."""
+    try:
+        body: Any = response.json()
+    except ValueError:
+        return f"HTTP {response.status_code}: {response.text[:200]!r}"
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        return f"HTTP {response.status_code}: {error.get('message') or error}"
+    return f"HTTP {response.status_code}: {str(body)[:200]}"
+
+
+def call(
+    send: Callable[[], httpx.Response],
+    *,
+    what: str,
+    max_retries: int,
+    idempotent: bool = True,
+    sleep: Callable[[float], None] = time.sleep,
+) -> httpx.Response:
+    """Run `send` until it answers 2xx; raise ProviderError when it will not."""
+    attempt = 0
+    while True:
+        try:
+            response = send()
+        except httpx.TransportError as exc:
+            sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+            retryable = idempotent or not sent
+            if not retryable or attempt >= max_retries:
+                raise ProviderError(f"{what}: {type(exc).__name__}: {exc}", retryable=True) from exc
+            delay = backoff_s(attempt)
+        else:
+            status = response.status_code
+            if status < 300:
+                return response
+            transient = status == 429 or status >= 500
+            # A 429 is a refusal, so even a create can be retried safely.
+            may_retry = transient and (idempotent or status == 429)
+            if not may_retry or attempt >= max_retries:
+                raise ProviderError(
+                    f"{what}: {describe(response)}", status=status, retryable=transient
+                )
+            hint = retry_after_s(response)
+            delay = min(MAX_RETRY_AFTER_S, hint) if hint is not None else backoff_s(attempt)
+        log.info("%s: retrying in %.1fs (attempt %d)", what, delay, attempt + 1)
+        sleep(delay)
+        attempt += 1

@@ -1,0 +1,108 @@
+"""Finding batches that need a worker: due polls, and work a killed process left half done.
+
+Every live batch sits in its group's `inflight` zset, scored by when it next needs attention.
+Handing one out pushes its score one lease ahead; the handler sets the real next time. So a
+batch whose handler died is simply due again one lease later (promise 3), with no countdowns.
+The sweep also gives back profile slots and tokens that a killed process left reserved, and
+forgets provider batch ids whose batch records have expired.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from worker import capacity
+from worker.context import CLAIMED, COLLECTING, DONE, SUBMITTED, UPLOADED, Relay
+
+log = logging.getLogger(__name__)
+
+LEASE_LIMIT = 200
+ACTIONS = {CLAIMED: "submit", UPLOADED: "submit", SUBMITTED: "poll", COLLECTING: "collect"}
+
+
+def lease_due_batches(relay: Relay, now: int | None = None) -> list[tuple[str, str]]:
+    """(action, batch id) for every batch due now, each leased so no other tick takes it."""
+    now = relay.now() if now is None else now
+    out = []
+    for group in relay.groups():
+        key = relay.keys.inflight(group.tag)
+        due = relay.script(keys=[key], args=["lease", "-", now, relay.lease_ms(), LEASE_LIMIT])
+        for raw in due:
+            bid = raw.decode()
+            state = relay.redis.hget(relay.keys.batch(bid), "state")
+            action = ACTIONS.get(state.decode()) if state else None
+            if action is None:
+                # The record expired or the batch is done: nothing left to drive.
+                if state is None or state.decode() == DONE:
+                    relay.redis.zrem(key, bid)
+                continue
+            out.append((action, bid))
+    return out
+
+
+WORKER_STATES = frozenset({CLAIMED, UPLOADED, COLLECTING})
+
+
+def stuck_batches(relay: Relay) -> list[dict[str, str]]:
+    """Live batches whose provider status has not changed for too long (see polling), and
+    batches our side has held too long without getting them to the provider or collected
+    (no room anywhere, a listing or download the provider keeps refusing): marked here."""
+    out, now = [], relay.now()
+    limit_ms = relay.settings.stuck_after_s * 1000
+    for group in relay.groups():
+        for raw in relay.redis.zrange(relay.keys.inflight(group.tag), 0, -1):
+            rec = relay.batch(raw.decode())
+            if not rec.get("stuck") and rec.get("state") in WORKER_STATES:
+                since = int(rec.get("pstatus_since") or rec.get("claimed") or now)
+                if now - since > limit_ms:
+                    why = rec.get("error") or "no progress"
+                    rec["stuck"] = f"{rec['state']} since {since}: {why}"
+                    relay.set_batch(rec["id"], stuck=rec["stuck"])
+            if rec.get("stuck"):
+                out.append(rec)
+    return out
+
+
+def release_stale(relay: Relay) -> int:
+    """Give back reservations of batches that are done, gone, or now placed at another
+    profile; returns how many. A batch still being placed is skipped (its lease is held)."""
+    released = 0
+    for profile in relay.settings.providers:
+        for bid, model in capacity.reserved(relay, profile.name).items():
+            rec = relay.batch(bid)
+            if rec and rec.get("state") != DONE and rec.get("profile") == profile.name:
+                continue
+            if rec and rec.get("state") != DONE:
+                with relay.batch_lease(bid) as held:
+                    if not held or relay.batch(bid).get("profile") == profile.name:
+                        continue
+                    released += capacity.release(relay, profile.name, model, bid)
+                continue
+            released += capacity.release(relay, profile.name, model, bid)
+    if released:
+        log.warning("gave back %d reservation(s) left by finished or moved batches", released)
+    return released
+
+
+def prune_registry(relay: Relay) -> int:
+    """Forget provider batch ids whose batch record has expired; returns how many."""
+    pruned = 0
+    for profile in relay.settings.providers:
+        key = relay.keys.pbatches(profile.name)
+        for pbid, bid in relay.redis.hscan_iter(key, count=500):
+            if not relay.redis.exists(relay.keys.batch(bid.decode())):
+                pruned += relay.redis.hdel(key, pbid)
+    return pruned
+
+
+def sweep(relay: Relay) -> int:
+    """Give back stale reservations, prune the provider-batch registry and log every stuck
+    batch; returns how many batches are stuck."""
+    release_stale(relay)
+    prune_registry(relay)
+    stuck = stuck_batches(relay)
+    for rec in stuck:
+        log.warning(
+            "stuck batch %s (provider %s): %s", rec["id"], rec.get("pbatch"), rec.get("stuck")
+        )
+    return len(stuck)

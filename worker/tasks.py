@@ -1,0 +1,78 @@
+"""Thin Celery tasks: each runs one plain function of the pipeline with ids as arguments.
+
+Nothing waits in a countdown (promise 6): a task that fails leaves its batch or delivery on
+its due-time schedule in Redis, and the next beat tick after the lease hands it out again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task, shared_task
+
+from worker import collection, delivery, packing, polling, submission, sweep
+from worker.celery_app import relay_of
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(bind=True, name="batchrelay.aggregate")
+def aggregate(self: Task) -> int:
+    """Beat: claim every due batch and send it to `submit`."""
+    claimed = packing.aggregate(relay_of(self.app))
+    for bid in claimed:
+        submit.delay(bid)
+    return len(claimed)
+
+
+@shared_task(bind=True, name="batchrelay.submit")
+def submit(self: Task, batch_id: str) -> str:
+    return submission.submit_batch(relay_of(self.app), batch_id)
+
+
+@shared_task(bind=True, name="batchrelay.poll")
+def poll(self: Task) -> int:
+    """Beat: hand out every batch that is due (poll, or re-drive a submit or collect)."""
+    due = sweep.lease_due_batches(relay_of(self.app))
+    tasks = {"submit": submit, "poll": poll_batch, "collect": collect}
+    for action, bid in due:
+        tasks[action].delay(bid)
+    return len(due)
+
+
+@shared_task(bind=True, name="batchrelay.poll_batch")
+def poll_batch(self: Task, batch_id: str) -> str:
+    status = polling.poll_batch(relay_of(self.app), batch_id)
+    if status == "collect":
+        collect.delay(batch_id)
+    return status
+
+
+@shared_task(bind=True, name="batchrelay.collect")
+def collect(self: Task, batch_id: str) -> dict[str, int]:
+    return dict(collection.collect_batch(relay_of(self.app), batch_id))
+
+
+@shared_task(bind=True, name="batchrelay.deliver_due")
+def deliver_due(self: Task) -> int:
+    """Beat: hand out due deliveries in chunks."""
+    chunks = delivery.lease_due(relay_of(self.app))
+    for chunk in chunks:
+        deliver.delay(chunk.request_ids, chunk.leased_until_ms)
+    return sum(len(c.request_ids) for c in chunks)
+
+
+@shared_task(bind=True, name="batchrelay.deliver")
+def deliver(self: Task, request_ids: list[str], leased_until_ms: int) -> dict[str, int]:
+    app = self.app
+
+    def send_task(name: str, payload: dict[str, Any], queue: str | None) -> None:
+        app.send_task(name, args=[payload], queue=queue or "celery")
+
+    return dict(delivery.deliver_chunk(relay_of(app), request_ids, leased_until_ms, send_task))
+
+
+@shared_task(bind=True, name="batchrelay.sweep")
+def sweep_task(self: Task) -> int:
+    return sweep.sweep(relay_of(self.app))
