@@ -13,6 +13,7 @@ venv: $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 
 demo: venv
+	@if [ -z "$$BATCHRELAY_REDIS_URL" ]; then bash scripts/ensure-redis.sh; fi
 	$(BIN)/batchrelay demo
 
 test: venv

@@ -167,7 +167,10 @@ def demo(
     ] = None,
     redis_url: Annotated[
         str | None,
-        typer.Option(help="Use this Redis instead of a private redis-server (own key prefix)."),
+        typer.Option(
+            envvar="BATCHRELAY_REDIS_URL",
+            help="Use this Redis instead of a private redis-server (own key prefix).",
+        ),
     ] = None,
 ) -> None:
     """Start the embedded stack, run an example file through it, show results and costs."""

@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from emulator.engine import Engine
-from emulator.errors import ApiError
+from emulator.errors import ApiError, server_error_body
 from emulator.routes_admin import admin_router
 from emulator.routes_anthropic import BASE, PATH_SCOPE_KEY, PREFIX_SCOPE_KEY, anthropic_router
 from emulator.routes_openai import openai_router
@@ -96,6 +96,32 @@ def _route_shape(request: Request) -> str:
     return "anthropic" if anthropic else "openai"
 
 
+class LostReplyMiddleware:
+    """The `lost_reply_*` fault: the call runs to the end (a batch really is created), then its
+    answer is dropped and a 500 in the provider's envelope goes out instead."""
+
+    def __init__(self, app: ASGIApp, engine: Engine) -> None:
+        self.app = app
+        self.engine = engine
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or path.startswith("/_emulator")
+            or not self.engine.faults.lose_reply(scope["method"], path)
+        ):
+            return await self.app(scope, receive, send)
+
+        async def swallow(message: Message) -> None:
+            pass
+
+        await self.app(scope, receive, swallow)
+        shape = "anthropic" if path.startswith("/v1/messages") else "openai"
+        body = server_error_body(shape, 500)
+        await ApiError(500, "injected: reply lost", body=body).to_response()(scope, receive, send)
+
+
 def create_app(engine: Engine) -> FastAPI:
     app = FastAPI(
         title="batchrelay emulator",
@@ -127,4 +153,5 @@ def create_app(engine: Engine) -> FastAPI:
     for mount, flavor in OPENAI_MOUNTS.items():
         app.include_router(openai_router(flavor), prefix=mount)
     app.add_middleware(ResellerPathMiddleware, prefix=engine.config.anthropic_batches_path)
+    app.add_middleware(LostReplyMiddleware, engine=engine)  # outermost: sees the original path
     return app

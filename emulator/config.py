@@ -85,6 +85,11 @@ class Faults(BaseModel):
     )
     http_error_match: str = "*"
     retry_after_s: float | None = Field(1.0, ge=0)
+    # The next N API calls matching the glob `lost_reply_match` are carried out, but their
+    # answer is replaced by a 500: a gateway that timed out after the provider committed the
+    # work, so the caller cannot tell whether e.g. its batch was created.
+    lost_reply_next: int = Field(0, ge=0)
+    lost_reply_match: str = "POST */batches"
     # Downloads (file content, Anthropic results): throttle, and/or close the connection
     # after this fraction of the body; `download_cut_next` limits the cut to N downloads.
     download_bytes_per_s: int | None = Field(None, gt=0)

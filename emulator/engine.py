@@ -417,4 +417,5 @@ class Engine:
             "api_requests": counters.get("api_requests", 0),
             "http_faults_injected": self.faults.http_faults_injected,
             "downloads_cut": self.faults.downloads_cut,
+            "replies_lost": self.faults.replies_lost,
         }

@@ -44,6 +44,7 @@ class FaultState:
         self._rng = random.Random(0)
         self.http_faults_injected = 0
         self.downloads_cut = 0
+        self.replies_lost = 0
 
     def get(self) -> Faults:
         with self._lock:
@@ -67,6 +68,7 @@ class FaultState:
         with self._lock:
             self.http_faults_injected = 0
             self.downloads_cut = 0
+            self.replies_lost = 0
 
     def draw_batch_plan(self, *, validates: bool) -> BatchFaultPlan:
         """Consume the `*_next` counters for one new batch and snapshot per-request faults."""
@@ -110,6 +112,18 @@ class FaultState:
             status = f.http_error_statuses[self.http_faults_injected % len(f.http_error_statuses)]
             self.http_faults_injected += 1
             return status, f.retry_after_s
+
+    def lose_reply(self, method: str, path: str) -> bool:
+        """Whether the answer to this API call, once carried out, is to be lost."""
+        with self._lock:
+            f = self._faults
+            if f.lost_reply_next <= 0 or not fnmatch.fnmatchcase(
+                f"{method} {path}", f.lost_reply_match
+            ):
+                return False
+            f.lost_reply_next -= 1
+            self.replies_lost += 1
+            return True
 
     def download_plan(self) -> tuple[int | None, float | None]:
         """(bytes_per_s, cut_fraction) for one download, consuming `download_cut_next`."""

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import redis
 import redis.asyncio as aredis
+from redis.exceptions import NoScriptError
 
 from config import Settings, load_settings
 from producer import errors
@@ -63,6 +64,9 @@ def _item(item: SubmitItem | Mapping[str, Any]) -> SubmitItem:
     )
 
 
+IntakeCall = tuple[str, list[str], list[Any]]  # group tag, script keys, script args
+
+
 class _Core:
     """The I/O-free half shared by the sync and asyncio clients."""
 
@@ -71,13 +75,45 @@ class _Core:
         self.keys = Keys(settings.key_prefix)
         self.intake = Intake(settings)
         self.retention_s = settings.result_retention_s
-        self.known_groups: set[str] = set()
         self.group_meta: dict[str, dict[str, str]] = {}
+        self._group_json: dict[str, bytes] = {}
 
-    def group_entry(self, p: Prepared) -> dict[str, bytes]:
-        meta = {"profile": p.profile, "endpoint": p.endpoint, "model": p.model}
-        self.group_meta[p.tag] = meta
-        return {p.tag: orjson.dumps(meta)}
+    def groups_of(self, prepared: Iterable[Prepared]) -> dict[str, bytes]:
+        """The groups list entries (tag -> JSON meta) of the groups these requests go to."""
+        out: dict[str, bytes] = {}
+        for p in prepared:
+            if p.tag not in out:
+                entry = self._group_json.get(p.tag)
+                if entry is None:
+                    meta = {"profile": p.profile, "endpoint": p.endpoint, "model": p.model}
+                    self.group_meta[p.tag] = meta
+                    entry = self._group_json[p.tag] = orjson.dumps(meta)
+                out[p.tag] = entry
+        return out
+
+    def intake_pipeline(
+        self, pipe: Any, sha: str, groups: dict[str, bytes], calls: list[IntakeCall]
+    ) -> None:
+        """The groups list entries first, then one `intake` per group, in one round trip.
+
+        Listing the groups before their requests means a crash in between leaves at most a
+        group without requests (harmless; the sweep retires it). EVALSHA is sent raw: a
+        registered Script in a pipeline would first ask SCRIPT EXISTS, a second round trip.
+        """
+        pipe.hset(self.keys.groups, mapping=groups)
+        for _tag, keys, args in calls:
+            pipe.evalsha(sha, len(keys), *keys, *args)
+
+    def relisted(
+        self, groups: dict[str, bytes], calls: list[IntakeCall], replies: list[Any]
+    ) -> dict[str, bytes]:
+        """Groups that `intake` found unregistered: new, or retired by a sweep while this
+        call was on its way. Listing them again (after their requests) closes that race."""
+        return {
+            tag: groups[tag]
+            for (tag, _keys, _args), reply in zip(calls, replies[1:], strict=True)
+            if int(reply[1])
+        }
 
     def meta_from(self, tag: str, raw: bytes | None) -> dict[str, str]:
         if raw is None:
@@ -86,7 +122,7 @@ class _Core:
         self.group_meta[tag] = meta
         return meta
 
-    def intake_calls(self, batch: list[tuple[Prepared, str]]) -> list[tuple[list[str], list]]:
+    def intake_calls(self, batch: list[tuple[Prepared, str]]) -> list[IntakeCall]:
         """One `intake` script call per group of the chunk: it stores each request's record,
         pending entry and bytes atomically in the group's hash slot, and skips a request whose
         record exists (a reused idempotency key), so it is safe to repeat."""
@@ -99,18 +135,12 @@ class _Core:
             )  # fmt: skip
         return [
             (
-                [self.keys.pending(tag), self.keys.pbytes(tag)],
+                tag,
+                [self.keys.pending(tag), self.keys.pbytes(tag), self.keys.registered(tag)],
                 ["intake", "-", self.keys.req_prefix(tag), created, *values],
             )
             for tag, values in by_group.items()
         ]
-
-    def new_groups(self, prepared: Iterable[Prepared]) -> dict[str, bytes]:
-        out: dict[str, bytes] = {}
-        for p in prepared:
-            if p.tag not in self.known_groups:
-                out.update(self.group_entry(p))
-        return out
 
     def prepare_many(self, items: Iterable[SubmitItem | Mapping[str, Any]]) -> list[Prepared]:
         prepared = []
@@ -164,13 +194,19 @@ class _Core:
 
     def cancel_args(self, rid: str) -> tuple[list[str], list[Any]]:
         tag = tag_of(rid)
-        keys = [self.keys.pending(tag), self.keys.pbytes(tag), self.keys.req(rid)]
+        keys = [
+            self.keys.pending(tag),
+            self.keys.pbytes(tag),
+            self.keys.req(rid),
+            self.keys.alive(tag),
+        ]
         return keys, [
             "cancel",
             self.keys.done(tag),
             rid,
             now_ms(),
             self.retention_s * 1000,
+            self.keys.batch_prefix(tag),
         ]
 
     def req_key(self, rid: str) -> str:
@@ -195,8 +231,8 @@ class _Core:
         if state in FINAL_STATES:
             raise errors.CancelError(f"request {rid} is already final ({state})")
         raise errors.CancelError(
-            f"request {rid} is already in a batch ({state}); only a pending request can be "
-            "cancelled"
+            f"request {rid} is in a batch that was already submitted to the provider ({state}); "
+            "a request can be cancelled only until its batch is submitted"
         )
 
 
@@ -251,20 +287,23 @@ class BatchRelay:
         keyed = [(i, p) for i, p in enumerate(prepared) if p.idempotency_key]
         if keyed:
             self._resolve_idempotency(keyed, ids)
-        groups = core.new_groups(prepared)
-        if groups:  # before the requests: a group without requests is harmless
-            self.redis.hset(core.keys.groups, mapping=groups)
-            core.known_groups.update(groups)
         unique = dict(zip(ids, prepared, strict=True))  # a key repeated in one call: stored once
+        groups = core.groups_of(unique.values())
         calls = core.intake_calls([(p, rid) for rid, p in unique.items()])
-        if len(calls) == 1:  # one EVALSHA; a pipeline would first ask SCRIPT EXISTS
-            self._script(keys=calls[0][0], args=calls[0][1])
-        else:
-            pipe = self.redis.pipeline(transaction=False)
-            for keys, args in calls:
-                self._script(keys=keys, args=args, client=pipe)
-            pipe.execute()
+        try:
+            replies = self._intake(groups, calls)
+        except NoScriptError:  # a restarted or flushed Redis: load it; intake is repeatable
+            self.redis.script_load(RELAY_LUA)
+            replies = self._intake(groups, calls)
+        relisted = core.relisted(groups, calls, replies)
+        if relisted:
+            self.redis.hset(core.keys.groups, mapping=relisted)
         return ids
+
+    def _intake(self, groups: dict[str, bytes], calls: list[IntakeCall]) -> list:
+        pipe = self.redis.pipeline(transaction=False)
+        self._core.intake_pipeline(pipe, self._script.sha, groups, calls)
+        return pipe.execute()
 
     def _resolve_idempotency(self, keyed: list[tuple[int, Prepared]], ids: list[str]) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -378,20 +417,23 @@ class AsyncBatchRelay:
         keyed = [(i, p) for i, p in enumerate(prepared) if p.idempotency_key]
         if keyed:
             await self._resolve_idempotency(keyed, ids)
-        groups = core.new_groups(prepared)
-        if groups:  # before the requests: a group without requests is harmless
-            await self.redis.hset(core.keys.groups, mapping=groups)
-            core.known_groups.update(groups)
         unique = dict(zip(ids, prepared, strict=True))  # a key repeated in one call: stored once
+        groups = core.groups_of(unique.values())
         calls = core.intake_calls([(p, rid) for rid, p in unique.items()])
-        if len(calls) == 1:  # one EVALSHA; a pipeline would first ask SCRIPT EXISTS
-            await self._script(keys=calls[0][0], args=calls[0][1])
-        else:
-            pipe = self.redis.pipeline(transaction=False)
-            for keys, args in calls:
-                await self._script(keys=keys, args=args, client=pipe)
-            await pipe.execute()
+        try:
+            replies = await self._intake(groups, calls)
+        except NoScriptError:  # a restarted or flushed Redis: load it; intake is repeatable
+            await self.redis.script_load(RELAY_LUA)
+            replies = await self._intake(groups, calls)
+        relisted = core.relisted(groups, calls, replies)
+        if relisted:
+            await self.redis.hset(core.keys.groups, mapping=relisted)
         return ids
+
+    async def _intake(self, groups: dict[str, bytes], calls: list[IntakeCall]) -> list:
+        pipe = self.redis.pipeline(transaction=False)
+        self._core.intake_pipeline(pipe, self._script.sha, groups, calls)
+        return await pipe.execute()
 
     async def _resolve_idempotency(self, keyed: list[tuple[int, Prepared]], ids: list[str]) -> None:
         pipe = self.redis.pipeline(transaction=False)

@@ -15,6 +15,9 @@ Request and batch ids embed the tag, so a key can be found from an id alone.
     {p}:{tag}:deliver           zset   request id -> when its next delivery attempt is due (ms)
     {p}:{tag}:dead              zset   request id -> when its delivery was given up (ms)
     {p}:{tag}:backoff           string set while the group must not be packed (token limit)
+    {p}:{tag}:registered        string set by intake: the group is on the groups list
+    {p}:{tag}:alive             string refreshed when a request becomes final; expires with
+                                       the request records, so while it exists one may be left
     {p}:{tag}:lock:{bid}        string a worker's lease on one batch
     {p}:idem:{sha256(key)}      string "rid body-hash" of an idempotency key
     {p}:done:{tag}              pubsub channel: space-separated ids of requests just made final
@@ -104,6 +107,9 @@ class Keys:
     def req(self, rid: str) -> str:
         return f"{self._g(tag_of(rid))}:req:{rid}"
 
+    def batch_prefix(self, tag: str) -> str:
+        return f"{self._g(tag)}:batch:"
+
     def batch(self, bid: str) -> str:
         return f"{self._g(tag_of(bid))}:batch:{bid}"
 
@@ -118,6 +124,12 @@ class Keys:
 
     def dead(self, tag: str) -> str:
         return f"{self._g(tag)}:dead"
+
+    def registered(self, tag: str) -> str:
+        return f"{self._g(tag)}:registered"
+
+    def alive(self, tag: str) -> str:
+        return f"{self._g(tag)}:alive"
 
     def backoff(self, tag: str) -> str:
         return f"{self._g(tag)}:backoff"

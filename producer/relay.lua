@@ -75,7 +75,7 @@ end
 
 -- settle: apply provider outcomes of one batch to its requests. A line for a request that is
 -- not (any more) in this batch is stale and ignored, so collecting twice is harmless.
--- KEYS: pending, pbytes, deliver
+-- KEYS: pending, pbytes, deliver, alive
 -- ARGV: 'settle', done_channel, req_prefix, bid, now_ms, retention_ms, max_attempts,
 --       provider_batch_id, profile that served the batch (a fallback, maybe), then 4 values per
 --       request: rid, outcome, status_code, payload
@@ -128,7 +128,10 @@ if cmd == 'settle' then
       counts[outcome] = counts[outcome] + 1
     end
   end
-  if #finished > 0 then redis.call('PUBLISH', ARGV[2], table.concat(finished, ' ')) end
+  if #finished > 0 then
+    redis.call('SET', KEYS[4], now, 'PX', retention_ms)
+    redis.call('PUBLISH', ARGV[2], table.concat(finished, ' '))
+  end
   return {counts.ok, counts.fail, counts.retry, counts.requeue, counts.stale}
 end
 
@@ -179,7 +182,9 @@ end
 -- intake: store requests of one group, each (record, pending entry, byte count) unless its
 -- record exists already: a reused idempotency key, or a submit repeated after a crash. One
 -- call per group per chunk, so intake costs one round trip and no per-request script call.
--- KEYS: pending, pbytes
+-- It also marks the group registered; {stored, 1} tells the producer that the mark was
+-- missing (a new group, or one `retire` just removed), so it must list the group again.
+-- KEYS: pending, pbytes, registered
 -- ARGV: 'intake', -, req_prefix, created_ms, then 6 values per request:
 --       rid, bytes, body, callback, metadata, idempotency key ('' when absent)
 if cmd == 'intake' then
@@ -204,7 +209,8 @@ if cmd == 'intake' then
     end
   end
   if total > 0 then redis.call('INCRBY', KEYS[2], total) end
-  return stored
+  local fresh = redis.call('SET', KEYS[3], '1', 'NX') and 1 or 0
+  return {stored, fresh}
 end
 
 -- unclaim: give back an idempotency key a failed submit took, if it still holds that value.
@@ -215,15 +221,30 @@ if cmd == 'unclaim' then
   return 0
 end
 
--- cancel: only a pending request can be cancelled; returns 'ok' when this call cancelled it,
--- else its current state ('' when the request does not exist).
--- KEYS: pending, pbytes, request record
--- ARGV: 'cancel', done_channel, rid, now_ms, retention_ms
+-- cancel: make a request final as `cancelled` while its batch has not been submitted: it is
+-- pending, or in a batch that is claimed or uploaded and whose create has not started. The
+-- submitter leaves out requests no longer in the batch (an emptied batch is finished without
+-- a create); one cancelled after its line was uploaded goes to the provider, but its result
+-- is stale when collected and never delivered. Returns 'ok', else the state that prevents it.
+-- KEYS: pending, pbytes, request record, alive
+-- ARGV: 'cancel', done_channel, rid, now_ms, retention_ms, batch key prefix
 if cmd == 'cancel' then
   local rid, now, retention_ms = ARGV[3], ARGV[4], ARGV[5]
+  local cancellable = false
   if redis.call('ZREM', KEYS[1], rid) == 1 then
     redis.call('DECRBY', KEYS[2], redis.call('HGET', KEYS[3], 'bytes') or 0)
+    cancellable = true
+  else
+    local cur = redis.call('HMGET', KEYS[3], 'state', 'batch')
+    if cur[1] == 'in_batch' and cur[2] then
+      local b = redis.call('HMGET', ARGV[6] .. cur[2], 'state', 'create_started')
+      local unsent = b[1] == 'claimed' or b[1] == 'uploaded'
+      cancellable = unsent and (not b[2] or b[2] == '')
+    end
+  end
+  if cancellable then
     final(KEYS[3], 'cancelled', now, retention_ms, {})
+    redis.call('SET', KEYS[4], now, 'PX', retention_ms)
     redis.call('PUBLISH', ARGV[2], rid)
     return 'ok'
   end
@@ -240,6 +261,23 @@ if cmd == 'lease' then
   local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
   for _, member in ipairs(due) do redis.call('ZADD', KEYS[1], 'XX', now + lease_ms, member) end
   return due
+end
+
+-- retire: forget a group that has nothing left: no pending request, live batch, due
+-- delivery or dead letter, and no request record (`alive` is refreshed whenever a request
+-- of the group becomes final and expires with the records). The worker has already taken
+-- the group off the groups list; it puts it back when this answers 0. Intake marks the
+-- group registered again, so a request that arrives after this call is never orphaned:
+-- its producer lists the group again (see intake).
+-- KEYS: pending, inflight, deliver, dead, alive, registered, pbytes
+-- ARGV: 'retire'
+if cmd == 'retire' then
+  for i = 1, 4 do
+    if redis.call('ZCARD', KEYS[i]) > 0 then return 0 end
+  end
+  if redis.call('EXISTS', KEYS[5]) == 1 then return 0 end
+  redis.call('DEL', KEYS[6], KEYS[7])
+  return 1
 end
 
 -- take: start handling one leased member, fenced by its lease. Succeeds only while the member

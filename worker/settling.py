@@ -37,7 +37,8 @@ def settle(relay: Relay, bid: str, pbatch: str, rows: Sequence[Row]) -> Counter[
     ]
     for rid, outcome, status, payload in rows:
         args += (rid, outcome, status, payload)
-    counts = relay.script(keys=[k.pending(tag), k.pbytes(tag), k.deliver(tag)], args=args)
+    keys = [k.pending(tag), k.pbytes(tag), k.deliver(tag), k.alive(tag)]
+    counts = relay.script(keys=keys, args=args)
     return Counter(dict(zip(COUNT_NAMES, counts, strict=True)))
 
 

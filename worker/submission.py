@@ -24,7 +24,7 @@ from worker import capacity
 from worker.context import CLAIMED, DONE, SUBMITTED, UPLOADED, Relay
 from worker.packing import iter_item_ids, iter_items, write_input
 from worker.providers import BatchAdapter, Claim, ProviderBatch, ProviderError, ReconcilePending
-from worker.providers.http import backoff_s
+from worker.providers.http import retry_delay_s
 from worker.settling import settle
 
 log = logging.getLogger(__name__)
@@ -203,7 +203,7 @@ def create(relay: Relay, adapter: BatchAdapter, rec: dict[str, str]) -> Provider
                 if not exc.retryable or attempt == attempts:
                     raise
                 log.warning("create of batch %s failed (%s); reconciling before a retry", bid, exc)
-                time.sleep(backoff_s(attempt))
+                time.sleep(retry_delay_s(exc.retry_after, attempt))
                 found = adapter.find(claim_of(relay, rec))
                 if found is not None:
                     return found

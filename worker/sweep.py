@@ -95,11 +95,46 @@ def prune_registry(relay: Relay) -> int:
     return pruned
 
 
+def retire_idle_groups(relay: Relay) -> list[str]:
+    """Take groups with nothing left off the groups list, so every tick does not keep visiting
+    them (any model a profile's globs allow makes a group); returns their tags.
+
+    One pipelined look at every group first; only the idle-looking ones go through the
+    protocol of `retire` in relay.lua: off the list, then the atomic check, back on the list
+    if it fails. A producer whose request lands after the check lists the group again.
+    """
+    groups, k = relay.groups(), relay.keys
+    pipe = relay.redis.pipeline(transaction=False)
+    for g in groups:
+        for zset in (k.pending(g.tag), k.inflight(g.tag), k.deliver(g.tag), k.dead(g.tag)):
+            pipe.zcard(zset)
+        pipe.exists(k.alive(g.tag))
+    replies = pipe.execute()
+    retired = []
+    for i, g in enumerate(groups):
+        if any(replies[5 * i : 5 * i + 5]):
+            continue
+        entry = relay.redis.hget(k.groups, g.tag)
+        if entry is None:
+            continue
+        relay.redis.hdel(k.groups, g.tag)
+        keys = [k.pending(g.tag), k.inflight(g.tag), k.deliver(g.tag), k.dead(g.tag)]
+        keys += [k.alive(g.tag), k.registered(g.tag), k.pbytes(g.tag)]
+        if relay.script(keys=keys, args=["retire"]):
+            retired.append(g.tag)
+        else:
+            relay.redis.hset(k.groups, g.tag, entry)
+    if retired:
+        log.info("retired %d idle group(s): %s", len(retired), " ".join(retired))
+    return retired
+
+
 def sweep(relay: Relay) -> int:
-    """Give back stale reservations, prune the provider-batch registry and log every stuck
-    batch; returns how many batches are stuck."""
+    """Give back stale reservations, prune the provider-batch registry and idle groups, and
+    log every stuck batch; returns how many batches are stuck."""
     release_stale(relay)
     prune_registry(relay)
+    retire_idle_groups(relay)
     stuck = stuck_batches(relay)
     for rec in stuck:
         log.warning(

@@ -170,6 +170,32 @@ def test_http_error_match_and_admin_exempt(emulator, emulator_openai):
     assert emulator.stats()["batches_created"]["total"] == 0
 
 
+def test_lost_reply_creates_the_batch_but_answers_500(emulator, emulator_openai):
+    emulator.set_faults(lost_reply_next=1)
+    source = upload(emulator_openai, [request_line(0)])  # not a batches call: answered
+    with pytest.raises(openai.InternalServerError):
+        emulator_openai.batches.create(
+            input_file_id=source.id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            metadata={"claim": "c1"},
+        )
+    [made] = emulator_openai.batches.list().data  # ...yet the batch exists
+    assert made.metadata == {"claim": "c1"} and made.input_file_id == source.id
+    assert emulator.stats()["replies_lost"] == 1
+    again = create_batch(emulator_openai, [request_line(1)])  # only the next N
+    assert again.id != made.id
+
+
+def test_lost_reply_anthropic(emulator, emulator_anthropic):
+    emulator.set_faults(lost_reply_next=1)
+    with pytest.raises(anthropic.InternalServerError) as info:
+        emulator_anthropic.messages.batches.create(requests=[message_request(0)])
+    assert info.value.body["error"]["type"] == "api_error"
+    [made] = emulator_anthropic.messages.batches.list().data
+    assert made.id.startswith("msgbatch_") and emulator.stats()["replies_lost"] == 1
+
+
 def test_http_errors_anthropic_envelope(emulator, emulator_anthropic):
     emulator.set_faults(http_error_next=1, http_error_statuses=[529])
     with pytest.raises(anthropic.APIStatusError) as info:

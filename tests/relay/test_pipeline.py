@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from emulator import start_emulator
-from producer import BatchRelay, CeleryTask, Webhook
+from producer import BatchRelay, CancelError, CeleryTask, Webhook
 from producer.keys import Keys, tag_of
 from tests._receiver import WebhookReceiver
 from tests.relay.harness import (
@@ -331,6 +331,37 @@ def test_cancel_before_claim_is_never_sent(stack, emu):
     assert producer.status(drop).state == "cancelled"
     [batch] = provider_batches(emu)
     assert batch["request_counts"]["total"] == 1
+
+
+def test_cancel_after_the_claim_until_the_batch_is_submitted(stack, emu, receiver):
+    producer, worker = stack()
+    hook = Webhook(receiver.url)
+    ids = producer.submit_many(
+        [{"endpoint": CHAT, "body": chat(f"c{i}"), "callback": hook} for i in range(3)]
+    )
+    [bid] = aggregate(worker, worker.now() + 60_000)  # claimed, not yet sent: still cancellable
+    assert producer.status(ids[0]).state == "in_batch"
+    producer.cancel(ids[0])
+    assert producer.status(ids[0]).state == "cancelled"
+    assert submit_batch(worker, bid) == "submitted"
+    with pytest.raises(CancelError, match="already submitted"):
+        producer.cancel(ids[1])
+    drive(worker, lambda: receiver.wait_for(2, timeout=0.01))
+    [batch] = provider_batches(emu)
+    assert batch["request_counts"]["total"] == 2  # the cancelled line was left out
+    assert sorted(receiver.by_id()) == sorted(ids[1:])
+    assert producer.result(ids[0], timeout=1)["status"] == "cancelled"
+
+
+def test_a_claimed_batch_whose_requests_were_all_cancelled_is_never_created(stack, emu):
+    producer, worker = stack()
+    ids = producer.submit_many([{"endpoint": CHAT, "body": chat(f"z{i}")} for i in range(2)])
+    [bid] = aggregate(worker, worker.now() + 60_000)
+    for rid in ids:
+        producer.cancel(rid)
+    assert submit_batch(worker, bid) == "empty"
+    assert provider_batches(emu) == [] and emu.stats()["files_uploaded"] == 0
+    assert worker.batch(bid)["state"] == "done"
 
 
 def test_stuck_batch_is_reported_not_dropped(stack, emu, caplog):

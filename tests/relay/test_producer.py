@@ -168,7 +168,7 @@ def test_cancel_only_while_pending(relay):
     other = relay.submit(CHAT, chat("d"))
     relay.redis.zrem(Keys().pending(tag_of(other)), other)
     relay.redis.hset(Keys().req(other), "state", "in_batch")
-    with pytest.raises(CancelError, match="already in a batch"):
+    with pytest.raises(CancelError, match="already submitted"):
         relay.cancel(other)
     with pytest.raises(RequestNotFoundError):
         relay.cancel("r_000000000000_0000000000000000000000000a")

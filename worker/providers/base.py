@@ -64,12 +64,21 @@ class Claim:
 
 
 class ProviderError(Exception):
-    """An API call failed; `retryable` says whether the same call may succeed later."""
+    """An API call failed; `retryable` says whether the same call may succeed later, and
+    `retry_after` how long the provider asked us to wait first (None: it did not say)."""
 
-    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.retryable = retryable
+        self.retry_after = retry_after
 
 
 class ReconcilePending(ProviderError):

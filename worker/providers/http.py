@@ -75,6 +75,11 @@ def backoff_s(attempt: int) -> float:
     return random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))
 
 
+def retry_delay_s(hint: float | None, attempt: int) -> float:
+    """The provider's Retry-After when it gave one (capped), else our backoff."""
+    return min(MAX_RETRY_AFTER_S, hint) if hint is not None else backoff_s(attempt)
+
+
 def describe(response: httpx.Response) -> str:
     """A short error text from a provider response (never the request, which holds the key)."""
     try:
@@ -113,12 +118,15 @@ def call(
             transient = status == 429 or status >= 500
             # A 429 is a refusal, so even a create can be retried safely.
             may_retry = transient and (idempotent or status == 429)
+            hint = retry_after_s(response)
             if not may_retry or attempt >= max_retries:
                 raise ProviderError(
-                    f"{what}: {describe(response)}", status=status, retryable=transient
+                    f"{what}: {describe(response)}",
+                    status=status,
+                    retryable=transient,
+                    retry_after=hint if transient else None,
                 )
-            hint = retry_after_s(response)
-            delay = min(MAX_RETRY_AFTER_S, hint) if hint is not None else backoff_s(attempt)
+            delay = retry_delay_s(hint, attempt)
         log.info("%s: retrying in %.1fs (attempt %d)", what, delay, attempt + 1)
         sleep(delay)
         attempt += 1
