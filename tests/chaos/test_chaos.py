@@ -21,6 +21,7 @@ from collections import Counter
 import openai
 import orjson
 import pytest
+import redis
 
 from emulator import start_emulator
 from producer import BatchRelay, Webhook
@@ -69,17 +70,6 @@ def run_chaos(tmp_path, n: int, *, receiver_down_s: float, chaos_s: float) -> di
             for name in ("w1", "w2"):
                 stack.start_worker(name, concurrency=2)
             stack.start_beat()
-            ids: list[str] = []
-            for start in range(0, n, 500):
-                items = []
-                for i in range(start, min(n, start + 500)):
-                    if i % 4:
-                        items.append({"endpoint": CHAT, "body": chat(f"c{i}"), "callback": hook})
-                    else:
-                        body = {"model": "text-embedding-3-small", "input": f"e{i}"}
-                        items.append({"endpoint": EMB, "body": body, "callback": hook})
-                ids.extend(producer.submit_many(items))
-
             stop = threading.Event()
             events: Counter[str] = Counter()
 
@@ -88,11 +78,13 @@ def run_chaos(tmp_path, n: int, *, receiver_down_s: float, chaos_s: float) -> di
                 redis_restarted = receiver_down = False
                 while not stop.wait(rng.uniform(1.0, 3.0)) and time.monotonic() < deadline:
                     elapsed = chaos_s - (deadline - time.monotonic())
-                    if not receiver_down and elapsed > chaos_s * 0.2:
+                    # Down once deliveries are flowing, so it really holds some back.
+                    if not receiver_down and receiver.ok_ids() and elapsed > chaos_s * 0.2:
                         receiver.down()
                         threading.Timer(receiver_down_s, receiver.up).start()
                         receiver_down = True
                         events["receiver down"] += 1
+                        events["deliveries held back"] = n - len(receiver.ok_ids())
                     if not redis_restarted and elapsed > chaos_s * 0.5:
                         redis_server.restart()
                         redis_restarted = True
@@ -110,6 +102,14 @@ def run_chaos(tmp_path, n: int, *, receiver_down_s: float, chaos_s: float) -> di
 
             chaos_thread = threading.Thread(target=chaos, daemon=True)
             chaos_thread.start()
+            # Requests keep arriving while processes die and Redis restarts, as from a web app:
+            # a submit that meets a Redis restart is retried with the same idempotency keys.
+            ids: list[str] = []
+            for start in range(0, n, CHUNK):
+                ids.extend(
+                    submit_retrying(producer, chunk_items(start, min(n, start + CHUNK), hook))
+                )
+                time.sleep(chaos_s * 0.6 / (n / CHUNK))
 
             def done() -> bool:
                 return receiver.wait_for(n, 0.01) and not chaos_thread.is_alive()
@@ -152,6 +152,11 @@ def run_chaos(tmp_path, n: int, *, receiver_down_s: float, chaos_s: float) -> di
             assert not lost
             assert figures["claims with two batches"] == 0, claims
             assert events["redis restarts"] == 1 and events["receiver down"] == 1
+            assert events["deliveries held back"] > 0
+            faults, stats = emu.faults(), emu.stats()
+            assert faults["expire_next"] == 0 and faults["stuck_finalizing_next"] == 0, faults
+            assert stats["batches_by_status"]["openai"].get("expired") == 1, stats
+            assert stats["http_faults_injected"] > 0
             return figures
         finally:
             stack.stop()
@@ -159,10 +164,39 @@ def run_chaos(tmp_path, n: int, *, receiver_down_s: float, chaos_s: float) -> di
             redis_server.stop()
 
 
+CHUNK = 250
+
+
+def chunk_items(start: int, end: int, hook: Webhook) -> list[dict]:
+    items = []
+    for i in range(start, end):
+        key = f"chaos-{i}"
+        if i % 4:
+            body = chat(f"c{i}")
+            items.append({"endpoint": CHAT, "body": body, "callback": hook, "idempotency_key": key})
+        else:
+            body = {"model": "text-embedding-3-small", "input": f"e{i}"}
+            items.append({"endpoint": EMB, "body": body, "callback": hook, "idempotency_key": key})
+    return items
+
+
+def submit_retrying(producer: BatchRelay, items: list[dict]) -> list[str]:
+    """What a web app does when Redis is restarting: retry; the keys make it safe."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return producer.submit_many(items)
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def test_chaos_short(tmp_path):
     run_chaos(tmp_path, 2000, receiver_down_s=8, chaos_s=25)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_chaos_long(tmp_path):
     run_chaos(tmp_path, 10_000, receiver_down_s=20, chaos_s=90)
