@@ -13,7 +13,7 @@ import time
 import pytest
 
 from emulator import start_emulator
-from producer import AsyncBatchRelay, BatchRelay, Webhook
+from producer import AsyncBatchRelay, BatchRelay, RequestNotFoundError, Webhook
 from producer.keys import tag_of
 from tests._receiver import WebhookReceiver
 from tests.relay.harness import CHAT, all_final, chat, drive, fast_emulator_config, relay_settings
@@ -55,6 +55,8 @@ def test_a_group_is_retired_only_after_its_records_expire_and_relisted_on_submit
 
     wait_for_expiry(worker, tag)
     assert not worker.redis.exists(worker.keys.req(ids[0]))  # the records went with it
+    with pytest.raises(RequestNotFoundError):  # readable for the retention period, not after
+        producer.result(ids[0], timeout=1)
     assert retire_idle_groups(worker) == [tag]
     assert tag not in listed(worker)
     assert not worker.redis.exists(worker.keys.registered(tag), worker.keys.pbytes(tag))

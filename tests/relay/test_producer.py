@@ -181,15 +181,22 @@ def test_result_blocks_until_final_without_polling(relay):
     with pytest.raises(ResultTimeoutError):
         relay.result(rid, timeout=0.2)
 
-    def finish() -> None:
-        time.sleep(0.3)
+    def finish(after: float) -> None:
+        time.sleep(after)
         relay.cancel(rid)
 
-    threading.Thread(target=finish).start()
+    def hmgets() -> int:
+        stats = relay.redis.info("commandstats").get("cmdstat_hmget", {})
+        return int(stats.get("calls", 0))
+
+    before = hmgets()
+    threading.Thread(target=finish, args=(1.5,)).start()
     started = time.monotonic()
     payload = relay.result(rid, timeout=5)
     assert payload["status"] == "cancelled" and payload["id"] == rid
-    assert time.monotonic() - started < 2
+    assert 1.4 < time.monotonic() - started < 3  # woken by the announcement, not a timer
+    # One read when it starts and one when woken: a poll loop would read every few ms.
+    assert hmgets() - before <= 3
 
 
 def test_async_client(redis_url):

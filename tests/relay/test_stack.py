@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from emulator import start_emulator
+from emulator.content import embedding_vector
 from producer import BatchRelay, CeleryTask, Webhook
 from tests._receiver import WebhookReceiver
 from tests._stack import ROOT, Stack, settings_env
@@ -42,6 +43,8 @@ def check_delivered_once(producer, receiver, ids, texts, emu) -> None:
         body = payload["response"]["body"]
         if payload["endpoint"] == CHAT:
             assert body["choices"][0]["message"]["content"] == f"echo: {texts[rid]}"
+        else:
+            assert body["data"][0]["embedding"] == embedding_vector(texts[rid], 8)
         assert producer.result(rid, timeout=5)["response"] == payload["response"]
     claims = provider_claims(emu)
     assert claims and max(claims.values()) == 1, claims
