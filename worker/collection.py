@@ -56,7 +56,7 @@ def collect_batch(relay: Relay, bid: str) -> Counter[str]:
         else:
             counts = Counter()
             try:
-                counts += settle_all(relay, bid, pb.id, _rows(adapter.results(pb)))
+                counts += settle_all(relay, bid, pb.id, _rows(adapter.results(pb), bid))
             except ProviderError as exc:
                 if exc.retryable or exc.status not in GONE:
                     # 401/403 after a key rotation, a proxy's 3xx…: results may still be there.
@@ -75,8 +75,21 @@ def collect_batch(relay: Relay, bid: str) -> Counter[str]:
         return counts
 
 
-def _rows(outcomes: Iterator) -> Iterator[Row]:
+def _rows(outcomes: Iterator, bid: str) -> Iterator[Row]:
+    """Settle rows of the provider's outcomes; a custom_id that cannot be a request of this
+    batch's group is logged and skipped (the batch's own requests are matched by the script,
+    which counts a line for a request no longer in the batch as stale)."""
+    tag = tag_of(bid)
     for o in outcomes:
+        try:
+            ours = tag_of(o.custom_id) == tag and o.custom_id.startswith("r_")
+        except ValueError:
+            ours = False
+        if not ours:
+            log.warning(
+                "batch %s: result line for unknown custom_id %.80r skipped", bid, o.custom_id
+            )
+            continue
         yield (o.custom_id, o.kind, o.status_code, o.payload)
 
 
