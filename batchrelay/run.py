@@ -37,7 +37,7 @@ from rich.table import Table
 
 from config import ConfigurationError, Settings, load_settings
 from config.prices import PriceTable, load_prices
-from producer import BatchRelay, InvalidRequestError, SubmitItem
+from producer import BatchRelay, InvalidMetadataError, InvalidRequestError, SubmitItem
 from producer.intake import Intake
 from producer.keys import Keys, tag_of
 from producer.records import CANCELLED, FAILED, IN_BATCH, RESULT_FIELDS, SUCCEEDED, result_payload
@@ -67,6 +67,16 @@ class InputFileError(Exception):
 
 class _LineError(ValueError):
     pass
+
+
+def _metadata(custom_id: str) -> dict[str, str]:
+    """What each request keeps of its line (checked by `scan`, stored by `submit_file`)."""
+    return {"custom_id": custom_id}
+
+
+def _shown(custom_id: str) -> str:
+    """A custom_id for a message: a very long one is cut."""
+    return repr(custom_id if len(custom_id) <= 64 else custom_id[:64] + "…")
 
 
 @dataclass(frozen=True)
@@ -194,13 +204,18 @@ def scan(path: Path, intake: Intake) -> Plan:
             line = parse_entry(where, obj)
             if line.custom_id in seen:
                 raise _LineError(
-                    f"custom_id {line.custom_id!r} repeats {seen[line.custom_id]}; "
+                    f"custom_id {_shown(line.custom_id)} repeats {seen[line.custom_id]}; "
                     "custom_ids must be unique within a file"
                 )
             try:
-                p = intake.prepare(line.endpoint, line.body)
+                p = intake.prepare(line.endpoint, line.body, metadata=_metadata(line.custom_id))
+            except InvalidMetadataError as exc:
+                raise _LineError(
+                    f"custom_id is {len(line.custom_id):,} characters, too long to keep with "
+                    f"the request ({exc})"
+                ) from None
             except InvalidRequestError as exc:
-                raise _LineError(f"(custom_id {line.custom_id!r}) {exc}") from None
+                raise _LineError(f"(custom_id {_shown(line.custom_id)}) {exc}") from None
         except _LineError as exc:
             problems.append(f"{where}: {exc}")
             if len(problems) >= MAX_PROBLEMS:
@@ -262,7 +277,7 @@ def submit_file(
                 endpoint=line.endpoint,
                 body=line.body,
                 idempotency_key=idempotency_key(plan.fingerprint, line.custom_id),
-                metadata={"custom_id": line.custom_id},
+                metadata=_metadata(line.custom_id),
             )
         )
         if len(chunk) >= CHUNK:

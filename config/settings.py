@@ -379,6 +379,19 @@ class Settings(BaseSettings):
     def _secrets(cls, value: list[SecretStr]) -> list[SecretStr]:
         return [_check_webhook_secret(v) for v in value]
 
+    @field_validator("webhook_allow_hosts")
+    @classmethod
+    def _allow_hosts(cls, value: list[str]) -> list[str]:
+        # Checked here, so a bad entry stops the worker at start instead of failing every
+        # delivery. The producer package imports config, hence the late import.
+        from producer.callbacks import WebhookPolicy
+
+        try:
+            WebhookPolicy(allow_hosts=tuple(value))
+        except ConfigurationError as exc:
+            raise ValueError(str(exc).removeprefix("WebhookPolicy.allow_hosts: ")) from None
+        return value
+
     @field_validator("delivery_retry_schedule_s")
     @classmethod
     def _schedule(cls, value: list[float]) -> list[float]:
