@@ -208,10 +208,16 @@ def test_a_batch_created_before_a_crash_is_adopted_not_created_again(stack, emu)
 def test_api_errors_and_cut_downloads_do_not_lose_or_double_anything(stack, emu):
     producer, worker = stack(profile={"max_requests_per_batch": 25})
     emu.set_faults(
-        http_error_rate=0.25, retry_after_s=0.05, download_cut_fraction=0.5, download_cut_next=3
+        http_error_rate=0.3,
+        http_error_statuses=[429, 500, 503],
+        retry_after_s=0.05,
+        download_cut_fraction=0.5,
+        download_cut_next=3,
     )
     ids = producer.submit_many([{"endpoint": CHAT, "body": chat(f"f{i}")} for i in range(100)])
     drive(worker, all_final(producer, ids), swallow=(ProviderError,), timeout=60)
+    stats = emu.stats()
+    assert stats["http_faults_injected"] >= 3 and stats["downloads_cut"] == 3, stats
     emu.reset_faults()
     assert all(producer.result(i)["status"] == "succeeded" for i in ids)
     batches = provider_batches(emu)
