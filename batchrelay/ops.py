@@ -111,23 +111,45 @@ def batches_show(batch_id: str) -> None:
     from worker.status import batch_view
 
     relay = _relay()
-    rec = relay.batch(batch_id)
-    if not rec:
-        console.print(f"[red]no batch {batch_id}[/red]")
-        raise typer.Exit(1)
+    rec = _batch_or_exit(relay, batch_id)
     _dump(batch_view(rec, relay.now()))
 
 
 @batches_app.command("cancel")
 def batches_cancel(batch_id: str) -> None:
     """Cancel a submitted batch at the provider; its unfinished requests go back to pending."""
+    from worker.context import SUBMITTED
+    from worker.providers import ProviderError
+
     relay = _relay()
-    rec = relay.batch(batch_id)
+    rec = _batch_or_exit(relay, batch_id)
     if not rec.get("pbatch"):
         console.print(f"[red]batch {batch_id} has no provider batch (state {rec.get('state')})")
         raise typer.Exit(1)
-    pb = relay.adapter(rec["profile"]).cancel(rec["pbatch"])
+    if rec.get("state") != SUBMITTED:
+        console.print(
+            f"[red]batch {batch_id} is {rec.get('state')} (provider status "
+            f"{rec.get('pstatus')}), no longer running at the provider; nothing to cancel[/red]"
+        )
+        raise typer.Exit(1)
+    try:
+        pb = relay.adapter(rec["profile"]).cancel(rec["pbatch"])
+    except ProviderError as exc:
+        console.print(f"[red]{rec['profile']} refused to cancel {rec['pbatch']}: {exc}[/red]")
+        raise typer.Exit(1) from None
     console.print(f"provider batch {pb.id}: {pb.status}")
+
+
+def _batch_or_exit(relay: Any, batch_id: str) -> dict[str, str]:
+    try:
+        rec = relay.batch(batch_id)
+    except ValueError as exc:
+        console.print(f"[red]no batch {batch_id}: {exc}[/red]")
+        raise typer.Exit(1) from None
+    if not rec:
+        console.print(f"[red]no batch {batch_id} (unknown, or collected and expired)[/red]")
+        raise typer.Exit(1)
+    return rec
 
 
 @requests_app.command("show")
@@ -181,7 +203,13 @@ def flush(
     """Claim everything pending now, whatever the thresholds; beat submits it next tick."""
     from worker.packing import flush as flush_groups
 
-    claimed = flush_groups(_relay(), {group} if group else None)
+    relay = _relay()
+    if group is not None and group not in {g.tag for g in relay.groups()}:
+        console.print(
+            f"[red]no group {group!r}: `batchrelay status` lists the groups with their tags[/red]"
+        )
+        raise typer.Exit(1)
+    claimed = flush_groups(relay, {group} if group else None)
     console.print(f"claimed {len(claimed)} batch(es): {' '.join(claimed) or '-'}")
 
 
