@@ -41,6 +41,12 @@ def test_native_results_of_every_type_reach_their_webhooks(relays, anthropic_emu
     Scenario(
         producer, worker, emu, receiver, endpoint=MESSAGES, body=messages, reply=message_text
     ).all(final_status=400, final_code="invalid_request_error", retry_status=529)
+    # Every collected message batch was deleted at the provider (delete_provider_files).
+    listed = httpx.get(
+        emu.anthropic_base_url.rstrip("/") + "/v1/messages/batches",
+        headers={"x-api-key": emu.api_key, "anthropic-version": VERSION},
+    ).json()
+    assert emu.stats()["batches_created"]["anthropic"] > 0 and listed["data"] == [], listed
 
 
 def test_reseller_at_v1_batches_with_bearer_and_other_vendors_models(relays, receiver):

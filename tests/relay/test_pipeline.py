@@ -111,6 +111,8 @@ def test_round_trip_joins_each_result_to_its_request(stack, emu, receiver):
     batches = provider_batches(emu)
     assert len(batches) == 8  # 4 groups; each chat group of 150 split at 70 requests
     assert all(b["metadata"]["batchrelay_batch"].startswith("b_") for b in batches)
+    # Input, output and error files are deleted once collected (delete_provider_files).
+    assert emu.stats()["files_uploaded"] == 8 and emu.stats()["files_stored"] == 0
 
 
 def test_request_errors_are_final_or_retried_by_class(stack, emu):

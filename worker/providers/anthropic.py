@@ -295,6 +295,9 @@ class AnthropicAdapter(BatchAdapter):
 
     def cleanup(self, batch: ProviderBatch) -> None:
         try:
-            self.client.delete(f"{self.batches}/{batch.id}")
+            response = self.client.delete(f"{self.batches}/{batch.id}")
         except httpx.HTTPError as exc:
             log.info("could not delete message batch %s: %s", batch.id, exc)
+            return
+        if response.status_code >= 300 and response.status_code != 404:
+            log.info("could not delete message batch %s: %s", batch.id, http.describe(response))

@@ -233,9 +233,12 @@ class OpenAIAdapter(BatchAdapter):
             if not file_id:
                 continue
             try:
-                self.client.delete(f"/files/{file_id}")
+                response = self.client.delete(f"/files/{file_id}")
             except httpx.HTTPError as exc:
                 log.info("could not delete provider file %s: %s", file_id, exc)
+                continue
+            if response.status_code >= 300 and response.status_code != 404:
+                log.info("could not delete provider file %s: %s", file_id, http.describe(response))
 
 
 class AzureAdapter(OpenAIAdapter):
