@@ -96,6 +96,48 @@ def test_two_thousand_requests_through_worker_and_beat(redis_url, receiver, tmp_
             producer.close()
 
 
+def test_anthropic_message_batches_through_worker_and_beat(redis_url, receiver, tmp_path):
+    """The same real processes for the other wire shape: requests travel inline in the
+    create call, results come as one JSONL stream, batches carry no metadata."""
+    with start_emulator(fast_emulator_config()) as emu:
+        profile = {
+            "name": "claude",
+            "kind": "anthropic",
+            "base_url": emu.anthropic_base_url,
+            "models": ["claude-*"],
+            "max_requests_per_batch": 120,
+        }
+        settings = stack_settings(redis_url, emu, profile=profile)
+        stack = Stack(settings, tmp_path)
+        producer = BatchRelay(settings)
+        try:
+            stack.start_worker("w1")
+            stack.start_beat()
+            hook = Webhook(receiver.url + "/in")
+            texts = [f"note {i}" for i in range(300)]
+            items = [
+                {
+                    "endpoint": "/v1/messages",
+                    "body": {**chat(t, "claude-sonnet-4-5"), "max_tokens": 64},
+                    "callback": hook,
+                }
+                for t in texts
+            ]
+            ids = producer.submit_many(items)
+            stack.wait_until(lambda: receiver.wait_for(300, 0.01), 90, "300 webhooks")
+            assert receiver.verify_all(SECRET) >= 300
+            by_id = receiver.by_id()
+            for rid, text in zip(ids, texts, strict=True):
+                payload = orjson.loads(by_id[rid][-1].body)
+                assert payload["status"] == "succeeded", payload
+                assert payload["response"]["body"]["content"][0]["text"] == f"echo: {text}"
+            stats = emu.stats()
+            assert stats["batches_created"]["anthropic"] == 3, stats  # 300 split at 120
+        finally:
+            stack.stop()
+            producer.close()
+
+
 def live_batch_states(redis_url) -> set[str]:
     import redis
 
