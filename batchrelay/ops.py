@@ -132,6 +132,11 @@ def batches_cancel(batch_id: str) -> None:
             f"{rec.get('pstatus')}), no longer running at the provider; nothing to cancel[/red]"
         )
         raise typer.Exit(1)
+    if rec["profile"] not in {p.name for p in relay.settings.providers}:
+        console.print(
+            f"[red]batch {batch_id} is at profile {rec['profile']!r}, not configured[/red]"
+        )
+        raise typer.Exit(1)
     try:
         pb = relay.adapter(rec["profile"]).cancel(rec["pbatch"])
     except ProviderError as exc:

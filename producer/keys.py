@@ -5,7 +5,9 @@ batch. Its tag is a short hash that every key of the group carries in `{braces}`
 group's keys share one Redis Cluster hash slot and a Lua script may touch any of them.
 Request and batch ids embed the tag, so a key can be found from an id alone.
 
-    {p}:groups                  hash   tag -> JSON {profile, endpoint, model}
+    {p}:groups                  hash   tag -> JSON {profile, endpoint, model}; and
+                                       "retired:<tag>" -> the same plus "at": a group the
+                                       sweep retired lately, watched for a late request
     {p}:{tag}:pending           zset   request id -> enqueue time (ms); the pending queue
     {p}:{tag}:pbytes            string total JSONL bytes of the pending requests
     {p}:{tag}:req:{rid}         hash   the request record

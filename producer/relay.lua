@@ -30,6 +30,14 @@ local function final(rk, state, now, retention_ms, fields)
   redis.call('PEXPIRE', rk, retention_ms)
 end
 
+-- A group's `alive` key outlives every request record of the group: it is only ever pushed
+-- later, never earlier (a producer may run with a shorter retention than the workers).
+local function keep_alive(key, now, retention_ms)
+  if redis.call('PTTL', key) < tonumber(retention_ms) then
+    redis.call('SET', key, now, 'PX', retention_ms)
+  end
+end
+
 -- claim: move up to max_n pending requests, at most max_bytes of JSONL and max_tokens of
 -- estimated tokens (0: no bound; a request's estimate is ceil(bytes / per_token)), into a new
 -- batch. Returns {requests, bytes, estimated tokens}.
@@ -129,7 +137,7 @@ if cmd == 'settle' then
     end
   end
   if #finished > 0 then
-    redis.call('SET', KEYS[4], now, 'PX', retention_ms)
+    keep_alive(KEYS[4], now, retention_ms)
     redis.call('PUBLISH', ARGV[2], table.concat(finished, ' '))
   end
   return {counts.ok, counts.fail, counts.retry, counts.requeue, counts.stale}
@@ -244,7 +252,7 @@ if cmd == 'cancel' then
   end
   if cancellable then
     final(KEYS[3], 'cancelled', now, retention_ms, {})
-    redis.call('SET', KEYS[4], now, 'PX', retention_ms)
+    keep_alive(KEYS[4], now, retention_ms)
     redis.call('PUBLISH', ARGV[2], rid)
     return 'ok'
   end

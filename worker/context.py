@@ -27,6 +27,9 @@ from worker.webhooks import make_webhook_client
 
 log = logging.getLogger(__name__)
 
+# Field prefix of a retired group's tombstone in the groups hash (see sweep.retire_idle_groups).
+RETIRED = "retired:"
+
 # Batch record states.
 CLAIMED = "claimed"
 UPLOADED = "uploaded"
@@ -75,17 +78,26 @@ class Relay:
             return self._adapters[profile_name]
 
     def group_meta(self, tag: str) -> dict[str, str]:
-        """A group's profile, endpoint and model (immutable, so cached for the process)."""
+        """A group's profile, endpoint and model (immutable, so cached for the process; a
+        group being retired is read from its tombstone)."""
         meta = self._group_meta.get(tag)
         if meta is None:
-            raw = self.redis.hget(self.keys.groups, tag)
-            meta = orjson.loads(raw) if raw else {"profile": "", "endpoint": "", "model": ""}
+            raw = self.redis.hget(self.keys.groups, tag) or self.redis.hget(
+                self.keys.groups, RETIRED + tag
+            )
+            if raw is None:
+                return {"profile": "", "endpoint": "", "model": ""}
+            loaded = orjson.loads(raw)
+            meta = {name: loaded[name] for name in ("profile", "endpoint", "model")}
             self._group_meta[tag] = meta
         return meta
 
     def groups(self) -> list[Group]:
+        """The listed groups (not the `retired:` tombstones kept in the same hash)."""
         out = []
         for tag, raw in self.redis.hgetall(self.keys.groups).items():
+            if tag.startswith(RETIRED.encode()):
+                continue
             meta = orjson.loads(raw)
             out.append(Group(tag.decode(), meta["profile"], meta["endpoint"], meta["model"]))
         return sorted(out, key=lambda g: g.tag)

@@ -92,6 +92,9 @@ def find_pinned(relay: Relay, adapter: BatchAdapter, rec: dict[str, str]) -> Pro
 def finish_empty(relay: Relay, bid: str, rec: dict[str, str]) -> None:
     relay.set_batch(bid, state=DONE, collected=relay.now(), error="no request left in the batch")
     relay.redis.zrem(relay.keys.inflight(tag_of(bid)), bid)
+    retention_ms = relay.settings.result_retention_s * 1000
+    relay.redis.pexpire(relay.keys.batch(bid), retention_ms)
+    relay.redis.pexpire(relay.keys.items(bid), retention_ms)
     capacity.release(relay, rec["profile"], rec["model"], bid)
 
 
@@ -154,8 +157,9 @@ def claim_of(relay: Relay, rec: dict[str, str]) -> Claim:
             key = relay.keys.req(custom_id)
         except ValueError:
             return False
-        state, batch = relay.redis.hmget(key, "state", "batch")
-        return state == b"in_batch" and batch == bid.encode()
+        # Not the state: a request cancelled after its line was written is still in the
+        # provider's batch, and must not make our own batch look foreign.
+        return relay.redis.hget(key, "batch") == bid.encode()
 
     def recorded(provider_id: str) -> str | None:
         owner = relay.redis.hget(registry, provider_id)
@@ -200,7 +204,9 @@ def create(relay: Relay, adapter: BatchAdapter, rec: dict[str, str]) -> Provider
                 if attempt > 0 and not exc.retryable:
                     # An earlier attempt may have created it after all: reconcile, don't refuse.
                     raise ProviderError(str(exc), status=exc.status, retryable=True) from exc
-                if not exc.retryable or attempt == attempts:
+                if not exc.retryable or attempt == attempts or exc.status == 429:
+                    # A 429 is a refusal (nothing was created) that the call already retried
+                    # with the provider's Retry-After: leave it to a later tick.
                     raise
                 log.warning("create of batch %s failed (%s); reconciling before a retry", bid, exc)
                 time.sleep(retry_delay_s(exc.retry_after, attempt))

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 
+import orjson
+
 from worker import capacity
-from worker.context import CLAIMED, COLLECTING, DONE, SUBMITTED, UPLOADED, Relay
+from worker.context import CLAIMED, COLLECTING, DONE, RETIRED, SUBMITTED, UPLOADED, Relay
 
 log = logging.getLogger(__name__)
 
@@ -95,38 +97,92 @@ def prune_registry(relay: Relay) -> int:
     return pruned
 
 
+# How long a retired group stays watched for a request that reached it mid-retirement: far
+# longer than the gap between a producer listing a group and its intake (one pipeline).
+RETIRED_WATCH_MS = 3_600_000
+
+
 def retire_idle_groups(relay: Relay) -> list[str]:
     """Take groups with nothing left off the groups list, so every tick does not keep visiting
     them (any model a profile's globs allow makes a group); returns their tags.
 
-    One pipelined look at every group first; only the idle-looking ones go through the
-    protocol of `retire` in relay.lua: off the list, then the atomic check, back on the list
-    if it fails. A producer whose request lands after the check lists the group again.
+    One pipelined look at every group first; an idle-looking one is moved to a `retired:`
+    tombstone in the same hash (one MULTI), then `retire` in relay.lua checks it atomically
+    and it is moved back if that fails. A producer that lists the group after the move lists
+    it again; one that listed it just before has its request seen by `watch_retired`, which
+    also repairs a retirement a crash cut short.
     """
+    watch_retired(relay)
     groups, k = relay.groups(), relay.keys
-    pipe = relay.redis.pipeline(transaction=False)
-    for g in groups:
-        for zset in (k.pending(g.tag), k.inflight(g.tag), k.deliver(g.tag), k.dead(g.tag)):
-            pipe.zcard(zset)
-        pipe.exists(k.alive(g.tag))
-    replies = pipe.execute()
+    busy = _busy(relay, [g.tag for g in groups])
     retired = []
-    for i, g in enumerate(groups):
-        if any(replies[5 * i : 5 * i + 5]):
+    for g, is_busy in zip(groups, busy, strict=True):
+        if is_busy:
             continue
         entry = relay.redis.hget(k.groups, g.tag)
         if entry is None:
             continue
-        relay.redis.hdel(k.groups, g.tag)
+        tombstone = orjson.dumps({**orjson.loads(entry), "at": relay.now()})
+        pipe = relay.redis.pipeline(transaction=True)
+        pipe.hset(k.groups, RETIRED + g.tag, tombstone)
+        pipe.hdel(k.groups, g.tag)
+        pipe.execute()
         keys = [k.pending(g.tag), k.inflight(g.tag), k.deliver(g.tag), k.dead(g.tag)]
         keys += [k.alive(g.tag), k.registered(g.tag), k.pbytes(g.tag)]
         if relay.script(keys=keys, args=["retire"]):
             retired.append(g.tag)
         else:
-            relay.redis.hset(k.groups, g.tag, entry)
+            _relist(relay, g.tag, entry)
     if retired:
         log.info("retired %d idle group(s): %s", len(retired), " ".join(retired))
     return retired
+
+
+def watch_retired(relay: Relay) -> list[str]:
+    """List again each retired group that has work or records after all (a request that
+    arrived mid-retirement, or a retirement cut short by a crash); forget tombstones older
+    than the watch period. Returns the tags listed again."""
+    k, now = relay.keys, relay.now()
+    tombstones = {
+        field.decode()[len(RETIRED) :]: orjson.loads(raw)
+        for field, raw in relay.redis.hgetall(k.groups).items()
+        if field.startswith(RETIRED.encode())
+    }
+    tags = list(tombstones)
+    pipe = relay.redis.pipeline(transaction=False)
+    for tag in tags:
+        pipe.exists(k.registered(tag))
+    marked = pipe.execute()
+    relisted = []
+    for tag, registered, busy in zip(tags, marked, _busy(relay, tags), strict=True):
+        meta = tombstones[tag]
+        at = meta.pop("at", 0)
+        if registered or busy:
+            log.warning("group %s got work while being retired; listing it again", tag)
+            _relist(relay, tag, orjson.dumps(meta))
+            relisted.append(tag)
+        elif now - at > RETIRED_WATCH_MS:
+            relay.redis.hdel(k.groups, RETIRED + tag)
+    return relisted
+
+
+def _busy(relay: Relay, tags: list[str]) -> list[bool]:
+    """Per group: anything pending, in flight, due, dead, or a record not yet expired."""
+    k = relay.keys
+    pipe = relay.redis.pipeline(transaction=False)
+    for tag in tags:
+        for zset in (k.pending(tag), k.inflight(tag), k.deliver(tag), k.dead(tag)):
+            pipe.zcard(zset)
+        pipe.exists(k.alive(tag))
+    replies = pipe.execute()
+    return [any(replies[5 * i : 5 * i + 5]) for i in range(len(tags))]
+
+
+def _relist(relay: Relay, tag: str, entry: bytes) -> None:
+    pipe = relay.redis.pipeline(transaction=True)
+    pipe.hset(relay.keys.groups, tag, entry)
+    pipe.hdel(relay.keys.groups, RETIRED + tag)
+    pipe.execute()
 
 
 def sweep(relay: Relay) -> int:

@@ -4,13 +4,15 @@ vendors' models; plus reconciling after a crash, where batches carry no metadata
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
 from emulator import start_emulator
 from tests.providers.helpers import Scenario, message_text, messages
 from tests.relay.harness import drive, fast_emulator_config
-from worker.packing import aggregate
+from worker.packing import aggregate, write_input
 from worker.submission import create, submit_batch
 
 MESSAGES = "/v1/messages"
@@ -113,6 +115,36 @@ def test_a_batch_created_before_a_crash_is_adopted_once_it_can_be_recognised(
         for n, i in enumerate(ids)
     )
     assert emu.stats()["batches_created"]["anthropic"] == 1
+
+
+def test_a_batch_whose_written_requests_were_cancelled_is_still_recognised(
+    relays, anthropic_emu, tmp_path
+):
+    """Requests cancelled after their lines were written still went to the provider; when
+    the create's answer is lost, reconciliation must still see the batch as ours (matching
+    the request's batch, not its state) instead of creating a second one."""
+    emu = anthropic_emu
+    producer, worker = relays(emu, [native(emu)])
+    ids = producer.submit_many(
+        [{"endpoint": MESSAGES, "body": messages(f"k{i}")} for i in range(3)]
+    )
+    [bid] = aggregate(worker, now=worker.now() + 10_000)
+    adapter, rec = worker.adapter("claude"), worker.batch(bid)
+    path = tmp_path / "input.jsonl"
+    with path.open("wb") as out:  # the submitter writes the input...
+        assert write_input(worker, adapter, bid, MESSAGES, out) == 3
+    for rid in ids:  # ...every request is cancelled before the create starts...
+        producer.cancel(rid)
+    worker.set_batch(bid, lines=3, create_started=worker.now())
+    adapter.create(input_ref=None, path=path, endpoint=MESSAGES, model=rec["model"], bid=bid)
+    # ...and the create's answer is lost. The next attempt must adopt, not create again.
+    deadline = time.monotonic() + 30
+    while (outcome := submit_batch(worker, bid)) == "waiting" and time.monotonic() < deadline:
+        time.sleep(0.1)  # the provider batch is still running: it cannot be told apart yet
+    assert outcome == "adopted"
+    assert emu.stats()["batches_created"]["anthropic"] == 1
+    drive(worker, lambda: worker.batch(bid).get("state") == "done")
+    assert {producer.status(i).state for i in ids} == {"cancelled"}
 
 
 def test_an_ended_batch_of_the_same_size_is_told_apart_by_its_results(relays, anthropic_emu):

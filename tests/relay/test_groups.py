@@ -10,16 +10,18 @@ from __future__ import annotations
 import asyncio
 import time
 
+import orjson
 import pytest
 
 from emulator import start_emulator
 from producer import AsyncBatchRelay, BatchRelay, RequestNotFoundError, Webhook
-from producer.keys import tag_of
+from producer.keys import new_request_id, tag_of
 from tests._receiver import WebhookReceiver
 from tests.relay.harness import CHAT, all_final, chat, drive, fast_emulator_config, relay_settings
-from worker.context import Relay
+from worker import sweep
+from worker.context import RETIRED, Relay
 from worker.delivery import dead_letters
-from worker.sweep import retire_idle_groups
+from worker.sweep import retire_idle_groups, watch_retired
 
 RETENTION_S = 2
 
@@ -90,14 +92,75 @@ def test_pending_work_and_dead_letters_keep_a_group_listed(setup):
     assert tag_of(dead) in listed(worker)
 
 
-def test_retire_refuses_a_group_that_got_a_request_after_the_first_look(setup):
+def idle_group(producer: BatchRelay, worker: Relay, text: str) -> str:
+    """A group whose only request is final and whose records have expired."""
+    rid = producer.submit(CHAT, chat(text))
+    drive(worker, all_final(producer, [rid]))
+    wait_for_expiry(worker, tag_of(rid))
+    return tag_of(rid)
+
+
+def intake_only(producer: BatchRelay, worker: Relay, text: str) -> tuple[str, dict]:
+    """A submit whose listing of the group was undone by a retirement and whose producer died
+    before listing it again: only the intake script runs. Returns the id and what the
+    producer would have listed again."""
+    core = producer._core
+    p = core.intake.prepare(CHAT, chat(text))
+    rid = new_request_id(p.tag)
+    calls = core.intake_calls([(p, rid)])
+    replies = [worker.script(keys=keys, args=args) for _tag, keys, args in calls]
+    return rid, core.relisted(core.groups_of([p]), calls, [0, *replies])
+
+
+def test_a_request_that_lands_mid_retirement_is_not_orphaned(setup):
     _, producer, worker = setup
-    rid = producer.submit(CHAT, chat("arrives during the retirement"))
-    tag, k = tag_of(rid), worker.keys
-    keys = [k.pending(tag), k.inflight(tag), k.deliver(tag), k.dead(tag)]
-    keys += [k.alive(tag), k.registered(tag), k.pbytes(tag)]
-    assert worker.script(keys=keys, args=["retire"]) == 0
-    assert worker.redis.exists(k.registered(tag))
+    tag = idle_group(producer, worker, "before")
+    assert retire_idle_groups(worker) == [tag]
+    rid, relist = intake_only(producer, worker, "mid-retirement")
+    assert list(relist) == [tag]  # intake reported the missing mark: a live producer relists
+    assert tag not in listed(worker)  # this one died first: only the watch can find it
+    # The next sweep sees the request and lists the group again; the request completes.
+    assert watch_retired(worker) == [tag] and tag in listed(worker)
+    drive(worker, all_final(producer, [rid]))
+    assert producer.result(rid, timeout=1)["status"] == "succeeded"
+
+
+def test_a_retirement_cut_short_by_a_crash_is_repaired(setup):
+    _, producer, worker = setup
+    tag = idle_group(producer, worker, "before")
+    # A request arrives and the group is listed; then a sweep that looked earlier takes it off
+    # the list (the MULTI move) and is SIGKILLed before the atomic check.
+    rid = producer.submit(CHAT, chat("during the crash"))
+    entry = worker.redis.hget(worker.keys.groups, tag)
+    pipe = worker.redis.pipeline(transaction=True)
+    pipe.hset(worker.keys.groups, RETIRED + tag, orjson.dumps({**orjson.loads(entry), "at": 0}))
+    pipe.hdel(worker.keys.groups, tag)
+    pipe.execute()
+    assert tag not in listed(worker)
+    assert retire_idle_groups(worker) == []  # the next sweep first repairs it
+    assert tag in listed(worker)
+    assert not worker.redis.hexists(worker.keys.groups, RETIRED + tag)
+    drive(worker, all_final(producer, [rid]))
+
+
+def test_tombstones_are_forgotten_after_the_watch(setup, monkeypatch):
+    _, producer, worker = setup
+    tag = idle_group(producer, worker, "gone")
+    assert retire_idle_groups(worker) == [tag]
+    assert worker.redis.hexists(worker.keys.groups, RETIRED + tag)
+    assert watch_retired(worker) == [] and worker.redis.hexists(worker.keys.groups, RETIRED + tag)
+    monkeypatch.setattr(sweep, "RETIRED_WATCH_MS", -1)
+    assert watch_retired(worker) == []
+    assert not worker.redis.hexists(worker.keys.groups, RETIRED + tag)
+
+
+def test_alive_is_only_ever_pushed_later(setup):
+    _, producer, worker = setup
+    rid = producer.submit(CHAT, chat("cancel me"))
+    key = worker.keys.alive(tag_of(rid))
+    worker.redis.set(key, 1, px=100_000)  # a worker with a longer retention settled here
+    producer.cancel(rid)  # this producer keeps results RETENTION_S (2 s)
+    assert worker.redis.pttl(key) > 50_000
 
 
 def test_the_async_client_relists_a_retired_group(setup):

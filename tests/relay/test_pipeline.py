@@ -227,6 +227,28 @@ def test_api_errors_and_cut_downloads_do_not_lose_or_double_anything(stack, emu)
     assert len(claimed) == len(batches)  # never two provider batches for one claim
 
 
+def test_a_create_refused_with_429_is_left_to_a_later_tick(stack, emu):
+    """A 429 is a refusal the call already retried with the provider's Retry-After; the
+    create is not retried again around it (that could hold a worker for many minutes)."""
+    producer, worker = stack()
+    rid = producer.submit(CHAT, chat("throttled"))
+    time.sleep(worker.settings.flush_max_wait_s)
+    [bid] = aggregate(worker)
+    emu.set_faults(
+        http_error_next=100,
+        http_error_match="POST /v1/batches",
+        http_error_statuses=[429],
+        retry_after_s=0.01,
+    )
+    with pytest.raises(ProviderError) as info:
+        submit_batch(worker, bid)
+    assert info.value.status == 429
+    assert emu.stats()["http_faults_injected"] == worker.settings.http_max_retries + 1
+    emu.reset_faults()
+    drive(worker, all_final(producer, [rid]))  # due again one lease later
+    assert provider_batches(emu)[0]["request_counts"]["total"] == 1
+
+
 def test_collecting_twice_changes_nothing(stack, receiver):
     producer, worker = stack()
     hook = Webhook(receiver.url)
