@@ -156,21 +156,6 @@ def _batch_error(pb: ProviderBatch) -> bytes:
 
 
 def finish(relay: Relay, bid: str, pb: ProviderBatch, counts: Counter[str]) -> None:
-    tag = tag_of(bid)
     summary = {k: v for k, v in counts.items() if v}
-    retention_ms = relay.settings.result_retention_s * 1000
-    pipe = relay.redis.pipeline(transaction=True)
-    pipe.hset(
-        relay.keys.batch(bid),
-        mapping={
-            "state": DONE,
-            "pstatus": pb.status,
-            "collected": relay.now(),
-            "outcomes": orjson.dumps(summary),
-        },
-    )
-    pipe.zrem(relay.keys.inflight(tag), bid)
-    pipe.pexpire(relay.keys.batch(bid), retention_ms)
-    pipe.pexpire(relay.keys.items(bid), retention_ms)
-    pipe.execute()
+    relay.finish_batch(bid, pstatus=pb.status, outcomes=orjson.dumps(summary).decode())
     log.info("batch %s (%s) collected: %s", bid, pb.status, summary)

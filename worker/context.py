@@ -106,6 +106,18 @@ class Relay:
         raw = self.redis.hgetall(self.keys.batch(bid))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
+    def finish_batch(self, bid: str, **fields: Any) -> None:
+        """Mark a batch done (with `fields`), stop scheduling it, and let its record and item
+        list expire with the results, in one transaction."""
+        retention_ms = self.settings.result_retention_s * 1000
+        mapping = {"state": DONE, "collected": self.now(), **fields}
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self.keys.batch(bid), mapping={k: str(v) for k, v in mapping.items()})
+        pipe.zrem(self.keys.inflight(tag_of(bid)), bid)
+        pipe.pexpire(self.keys.batch(bid), retention_ms)
+        pipe.pexpire(self.keys.items(bid), retention_ms)
+        pipe.execute()
+
     def set_batch(self, bid: str, **fields: Any) -> None:
         self.redis.hset(self.keys.batch(bid), mapping={k: str(v) for k, v in fields.items()})
 

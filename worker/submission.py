@@ -90,11 +90,7 @@ def find_pinned(relay: Relay, adapter: BatchAdapter, rec: dict[str, str]) -> Pro
 
 
 def finish_empty(relay: Relay, bid: str, rec: dict[str, str]) -> None:
-    relay.set_batch(bid, state=DONE, collected=relay.now(), error="no request left in the batch")
-    relay.redis.zrem(relay.keys.inflight(tag_of(bid)), bid)
-    retention_ms = relay.settings.result_retention_s * 1000
-    relay.redis.pexpire(relay.keys.batch(bid), retention_ms)
-    relay.redis.pexpire(relay.keys.items(bid), retention_ms)
+    relay.finish_batch(bid, error="no request left in the batch")
     capacity.release(relay, rec["profile"], rec["model"], bid)
 
 

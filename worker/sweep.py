@@ -10,6 +10,7 @@ forgets provider batch ids whose batch records have expired.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 import orjson
 
@@ -113,26 +114,24 @@ def retire_idle_groups(relay: Relay) -> list[str]:
     also repairs a retirement a crash cut short.
     """
     watch_retired(relay)
-    groups, k = relay.groups(), relay.keys
-    busy = _busy(relay, [g.tag for g in groups])
+    k = relay.keys
+    listed, _ = _groups_hash(relay)
     retired = []
-    for g, is_busy in zip(groups, busy, strict=True):
-        if is_busy:
-            continue
-        entry = relay.redis.hget(k.groups, g.tag)
-        if entry is None:
+    probes = _probe(relay, listed)
+    for (tag, entry), (busy, _registered) in zip(listed.items(), probes, strict=True):
+        if busy:
             continue
         tombstone = orjson.dumps({**orjson.loads(entry), "at": relay.now()})
         pipe = relay.redis.pipeline(transaction=True)
-        pipe.hset(k.groups, RETIRED + g.tag, tombstone)
-        pipe.hdel(k.groups, g.tag)
+        pipe.hset(k.groups, RETIRED + tag, tombstone)
+        pipe.hdel(k.groups, tag)
         pipe.execute()
-        keys = [k.pending(g.tag), k.inflight(g.tag), k.deliver(g.tag), k.dead(g.tag)]
-        keys += [k.alive(g.tag), k.registered(g.tag), k.pbytes(g.tag)]
+        keys = [k.pending(tag), k.inflight(tag), k.deliver(tag), k.dead(tag)]
+        keys += [k.alive(tag), k.registered(tag), k.pbytes(tag)]
         if relay.script(keys=keys, args=["retire"]):
-            retired.append(g.tag)
+            retired.append(tag)
         else:
-            _relist(relay, g.tag, entry)
+            _relist(relay, tag, entry)
     if retired:
         log.info("retired %d idle group(s): %s", len(retired), " ".join(retired))
     return retired
@@ -142,40 +141,46 @@ def watch_retired(relay: Relay) -> list[str]:
     """List again each retired group that has work or records after all (a request that
     arrived mid-retirement, or a retirement cut short by a crash); forget tombstones older
     than the watch period. Returns the tags listed again."""
-    k, now = relay.keys, relay.now()
-    tombstones = {
-        field.decode()[len(RETIRED) :]: orjson.loads(raw)
-        for field, raw in relay.redis.hgetall(k.groups).items()
-        if field.startswith(RETIRED.encode())
-    }
-    tags = list(tombstones)
-    pipe = relay.redis.pipeline(transaction=False)
-    for tag in tags:
-        pipe.exists(k.registered(tag))
-    marked = pipe.execute()
+    now = relay.now()
+    _, tombstones = _groups_hash(relay)
     relisted = []
-    for tag, registered, busy in zip(tags, marked, _busy(relay, tags), strict=True):
-        meta = tombstones[tag]
+    probes = _probe(relay, tombstones)
+    for (tag, raw), (busy, registered) in zip(tombstones.items(), probes, strict=True):
+        meta = orjson.loads(raw)
         at = meta.pop("at", 0)
         if registered or busy:
             log.warning("group %s got work while being retired; listing it again", tag)
             _relist(relay, tag, orjson.dumps(meta))
             relisted.append(tag)
         elif now - at > RETIRED_WATCH_MS:
-            relay.redis.hdel(k.groups, RETIRED + tag)
+            relay.redis.hdel(relay.keys.groups, RETIRED + tag)
     return relisted
 
 
-def _busy(relay: Relay, tags: list[str]) -> list[bool]:
-    """Per group: anything pending, in flight, due, dead, or a record not yet expired."""
-    k = relay.keys
+def _groups_hash(relay: Relay) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """The groups hash in one read: (listed tag -> entry, retired tag -> tombstone)."""
+    listed, tombstones = {}, {}
+    for field, raw in relay.redis.hgetall(relay.keys.groups).items():
+        name = field.decode()
+        if name.startswith(RETIRED):
+            tombstones[name[len(RETIRED) :]] = raw
+        else:
+            listed[name] = raw
+    return listed, tombstones
+
+
+def _probe(relay: Relay, tags: Iterable[str]) -> list[tuple[bool, bool]]:
+    """Per group, in one pipeline: (busy: anything pending, in flight, due, dead, or a record
+    not yet expired; registered: intake's mark is set)."""
+    k, tags = relay.keys, list(tags)
     pipe = relay.redis.pipeline(transaction=False)
     for tag in tags:
         for zset in (k.pending(tag), k.inflight(tag), k.deliver(tag), k.dead(tag)):
             pipe.zcard(zset)
         pipe.exists(k.alive(tag))
+        pipe.exists(k.registered(tag))
     replies = pipe.execute()
-    return [any(replies[5 * i : 5 * i + 5]) for i in range(len(tags))]
+    return [(any(replies[6 * i : 6 * i + 5]), bool(replies[6 * i + 5])) for i in range(len(tags))]
 
 
 def _relist(relay: Relay, tag: str, entry: bytes) -> None:

@@ -294,10 +294,4 @@ class AnthropicAdapter(BatchAdapter):
         return self._foreign
 
     def cleanup(self, batch: ProviderBatch) -> None:
-        try:
-            response = self.client.delete(f"{self.batches}/{batch.id}")
-        except httpx.HTTPError as exc:
-            log.info("could not delete message batch %s: %s", batch.id, exc)
-            return
-        if response.status_code >= 300 and response.status_code != 404:
-            log.info("could not delete message batch %s: %s", batch.id, http.describe(response))
+        http.delete_quietly(self.client, f"{self.batches}/{batch.id}", f"message batch {batch.id}")

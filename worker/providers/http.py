@@ -80,6 +80,17 @@ def retry_delay_s(hint: float | None, attempt: int) -> float:
     return min(MAX_RETRY_AFTER_S, hint) if hint is not None else backoff_s(attempt)
 
 
+def delete_quietly(client: httpx.Client, url: str, what: str) -> None:
+    """A best-effort cleanup call: a failure is logged, never raised (404: already gone)."""
+    try:
+        response = client.delete(url)
+    except httpx.HTTPError as exc:
+        log.info("could not delete %s: %s", what, exc)
+        return
+    if response.status_code >= 300 and response.status_code != 404:
+        log.info("could not delete %s: %s", what, describe(response))
+
+
 def describe(response: httpx.Response) -> str:
     """A short error text from a provider response (never the request, which holds the key)."""
     try:

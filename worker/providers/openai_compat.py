@@ -232,13 +232,7 @@ class OpenAIAdapter(BatchAdapter):
         for file_id in (batch.input_ref, batch.output_file_id, batch.error_file_id):
             if not file_id:
                 continue
-            try:
-                response = self.client.delete(f"/files/{file_id}")
-            except httpx.HTTPError as exc:
-                log.info("could not delete provider file %s: %s", file_id, exc)
-                continue
-            if response.status_code >= 300 and response.status_code != 404:
-                log.info("could not delete provider file %s: %s", file_id, http.describe(response))
+            http.delete_quietly(self.client, f"/files/{file_id}", f"provider file {file_id}")
 
 
 class AzureAdapter(OpenAIAdapter):
