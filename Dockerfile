@@ -23,4 +23,4 @@ WORKDIR /home/batchrelay
 # Flower, emulator.
 EXPOSE 5555 8089
 
-CMD ["celery", "-A", "worker", "worker", "-l", "INFO"]
+CMD ["celery", "-A", "batchrelay.worker", "worker", "-l", "INFO"]

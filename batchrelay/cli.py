@@ -26,7 +26,7 @@ def emulator(
     ] = None,
 ) -> None:
     """Run the local Batch API emulator; every other knob is a BATCHRELAY_EMULATOR_* setting."""
-    from emulator import EmulatorConfig, serve
+    from batchrelay.emulator import EmulatorConfig, serve
 
     overrides = {"host": host, "port": port, "data_dir": data_dir}
     config = EmulatorConfig(**{k: v for k, v in overrides.items() if v is not None})

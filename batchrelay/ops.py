@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from config import ConfigurationError, load_settings
+from batchrelay.config import ConfigurationError, load_settings
 
 console = Console()
 batches_app = typer.Typer(no_args_is_help=True, help="Live provider batches.")
@@ -21,7 +21,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tab
 
 
 def _relay() -> Any:
-    from worker.context import Relay
+    from batchrelay.worker.context import Relay
 
     try:
         return Relay(load_settings())
@@ -71,7 +71,7 @@ def status(
     as_json: JsonOpt = False,
 ) -> None:
     """Pending count and oldest age per group, live batches, stuck batches, dead letters."""
-    from worker.status import overview
+    from batchrelay.worker.status import overview
 
     relay = _relay()
     while True:
@@ -96,7 +96,7 @@ def status(
 @batches_app.command("list")
 def batches_list(as_json: JsonOpt = False) -> None:
     """Every live batch with its provider status."""
-    from worker.status import overview
+    from batchrelay.worker.status import overview
 
     view = overview(_relay())
     if as_json:
@@ -108,7 +108,7 @@ def batches_list(as_json: JsonOpt = False) -> None:
 @batches_app.command("show")
 def batches_show(batch_id: str) -> None:
     """One batch record (live or recently collected)."""
-    from worker.status import batch_view
+    from batchrelay.worker.status import batch_view
 
     relay = _relay()
     rec = _batch_or_exit(relay, batch_id)
@@ -118,8 +118,8 @@ def batches_show(batch_id: str) -> None:
 @batches_app.command("cancel")
 def batches_cancel(batch_id: str) -> None:
     """Cancel a submitted batch at the provider; its unfinished requests go back to pending."""
-    from worker.context import SUBMITTED
-    from worker.providers import ProviderError
+    from batchrelay.worker.context import SUBMITTED
+    from batchrelay.worker.providers import ProviderError
 
     relay = _relay()
     rec = _batch_or_exit(relay, batch_id)
@@ -160,7 +160,7 @@ def _batch_or_exit(relay: Any, batch_id: str) -> dict[str, str]:
 @requests_app.command("show")
 def requests_show(request_id: str) -> None:
     """Where one request is, and its result once final."""
-    from producer import BatchRelay, RequestNotFoundError
+    from batchrelay.producer import BatchRelay, RequestNotFoundError
 
     with BatchRelay(load_settings()) as producer:
         try:
@@ -177,7 +177,7 @@ def requests_show(request_id: str) -> None:
 @dead_app.command("list")
 def dead_list(as_json: JsonOpt = False) -> None:
     """Every dead letter with its last error."""
-    from worker.delivery import dead_letters
+    from batchrelay.worker.delivery import dead_letters
 
     letters = dead_letters(_relay())
     if as_json:
@@ -196,7 +196,7 @@ def dead_replay(
     request_ids: Annotated[list[str] | None, typer.Argument(help="Ids (default: all).")] = None,
 ) -> None:
     """Put dead letters back on the delivery schedule."""
-    from worker.delivery import replay
+    from batchrelay.worker.delivery import replay
 
     n = replay(_relay(), request_ids or None)
     console.print(f"replayed {n} deliveries")
@@ -206,7 +206,7 @@ def flush(
     group: Annotated[str | None, typer.Argument(help="Group tag (default: every group).")] = None,
 ) -> None:
     """Claim everything pending now, whatever the thresholds; beat submits it next tick."""
-    from worker.packing import flush as flush_groups
+    from batchrelay.worker.packing import flush as flush_groups
 
     relay = _relay()
     if group is not None and group not in {g.tag for g in relay.groups()}:

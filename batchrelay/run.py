@@ -35,12 +35,19 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from config import ConfigurationError, Settings, load_settings
-from config.prices import PriceTable, load_prices
-from producer import BatchRelay, InvalidMetadataError, InvalidRequestError, SubmitItem
-from producer.intake import Intake
-from producer.keys import Keys, tag_of
-from producer.records import CANCELLED, FAILED, IN_BATCH, RESULT_FIELDS, SUCCEEDED, result_payload
+from batchrelay.config import ConfigurationError, Settings, load_settings
+from batchrelay.config.prices import PriceTable, load_prices
+from batchrelay.producer import BatchRelay, InvalidMetadataError, InvalidRequestError, SubmitItem
+from batchrelay.producer.intake import Intake
+from batchrelay.producer.keys import Keys, tag_of
+from batchrelay.producer.records import (
+    CANCELLED,
+    FAILED,
+    IN_BATCH,
+    RESULT_FIELDS,
+    SUCCEEDED,
+    result_payload,
+)
 
 ANTHROPIC_ENDPOINT = "/v1/messages"
 OPENAI_FIELDS = frozenset({"custom_id", "method", "url", "body"})

@@ -6,10 +6,11 @@ and tests use it as a context manager:
     with EmbeddedStack() as stack:
         relay = BatchRelay(stack.settings)   # or export stack.app_env() to another process
 
-Worker and beat are the production commands (`celery -A worker worker|beat`) as subprocesses,
-configured only through `BATCHRELAY_*` variables, so what works here works deployed. Each
-subprocess leads its own process group, which `stop()` signals as a whole: no prefork child
-outlives the stack. The machine's shared Redis on 6379 is never used unless named explicitly.
+Worker and beat are the production commands (`celery -A batchrelay.worker worker|beat`) as
+subprocesses, configured only through `BATCHRELAY_*` variables, so what works here works
+deployed. Each subprocess leads its own process group, which `stop()` signals as a whole: no
+prefork child outlives the stack. The machine's shared Redis on 6379 is never used unless
+named explicitly.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import ctypes
-import importlib.util
 import os
 import secrets
 import shlex
@@ -39,10 +39,10 @@ import orjson
 import redis
 import typer
 
-from config import ConfigurationError, Settings, load_settings
+from batchrelay.config import ConfigurationError, Settings, load_settings
 
 if TYPE_CHECKING:  # the emulator (FastAPI, uvicorn) is imported only when a stack starts
-    from emulator import EmulatorConfig, EmulatorHandle
+    from batchrelay.emulator import EmulatorConfig, EmulatorHandle
 
 PROFILE = "emulator"
 READY_TIMEOUT_S = 90.0
@@ -131,14 +131,6 @@ def app_env(
             value if isinstance(value, str) else orjson.dumps(value).decode()
         )
     return out
-
-
-def _package_root() -> str:
-    """The directory holding the `worker` package, so `celery -A worker` finds it anywhere."""
-    spec = importlib.util.find_spec("worker")
-    if spec is None or spec.origin is None:
-        raise StackError("the `worker` package is not importable; install batchrelay first")
-    return str(Path(spec.origin).resolve().parent.parent)
 
 
 def _parent_death_guard() -> Callable[[], None] | None:
@@ -297,9 +289,6 @@ class EmbeddedStack:
         except ConfigurationError as exc:
             raise StackError(str(exc)) from None
         env = settings_env(self.settings)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (_package_root(), os.environ.get("PYTHONPATH")) if p
-        )
         worker = self._spawn(
             "worker",
             [
@@ -366,7 +355,7 @@ class EmbeddedStack:
             client.close()
 
     def _start_emulator(self) -> EmulatorHandle:
-        from emulator import EmulatorConfig, start_emulator
+        from batchrelay.emulator import EmulatorConfig, start_emulator
 
         config = self.emulator_config
         if config is None:
@@ -394,7 +383,9 @@ class EmbeddedStack:
         path = self.logdir / f"{name}.log"
         self._logs[name] = path
         with path.open("wb") as log:
-            proc = self._popen([sys.executable, "-m", "celery", "-A", "worker", *args], env, log)
+            proc = self._popen(
+                [sys.executable, "-m", "celery", "-A", "batchrelay.worker", *args], env, log
+            )
         self.procs[name] = proc
         return proc
 

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import httpx
 import orjson
-
-from emulator import EmulatorConfig, start_emulator
-from emulator.config import DEFAULT_MODELS
-from emulator.results import write_openai_results
-from emulator.store import BatchRecord
-from emulator.validation import ModelMatcher, validate_input
+from batchrelay.emulator import EmulatorConfig, start_emulator
+from batchrelay.emulator.config import DEFAULT_MODELS
+from batchrelay.emulator.results import write_openai_results
+from batchrelay.emulator.store import BatchRecord
+from batchrelay.emulator.validation import ModelMatcher, validate_input
 
 LINES = int(os.environ.get("BENCH_EMULATOR_LINES", "50000"))
 RUNS = int(os.environ.get("BENCH_EMULATOR_RUNS", "3"))

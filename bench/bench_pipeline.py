@@ -24,15 +24,15 @@ from pathlib import Path
 import httpx
 import orjson
 import psutil
+from batchrelay.config import load_settings
+from batchrelay.producer import BatchRelay
+from batchrelay.worker.collection import collect_batch
+from batchrelay.worker.context import Relay
+from batchrelay.worker.packing import aggregate
+from batchrelay.worker.submission import submit_batch
 
 from bench._redis import private_redis
-from config import load_settings
-from producer import BatchRelay
 from tests._redis import free_port
-from worker.collection import collect_batch
-from worker.context import Relay
-from worker.packing import aggregate
-from worker.submission import submit_batch
 
 N = int(os.environ.get("BENCH_N", "50000"))
 CHAT = "/v1/chat/completions"

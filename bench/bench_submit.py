@@ -13,10 +13,10 @@ import time
 import uuid
 
 import orjson
+from batchrelay.config import load_settings
+from batchrelay.producer import BatchRelay
 
 from bench._redis import private_redis
-from config import load_settings
-from producer import BatchRelay
 
 N_MANY = int(os.environ.get("BENCH_N_MANY", "50000"))
 N_ONE = int(os.environ.get("BENCH_N_ONE", "5000"))

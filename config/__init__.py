@@ -1,7 +1,7 @@
 """Settings shared by the producer, the worker and the CLI."""
 
-from config.errors import BatchRelayError, ConfigurationError
-from config.settings import OPENAI_ENDPOINTS, ProviderProfile, Settings, load_settings
+from batchrelay.config.errors import BatchRelayError, ConfigurationError
+from batchrelay.config.settings import OPENAI_ENDPOINTS, ProviderProfile, Settings, load_settings
 
 __all__ = [
     "OPENAI_ENDPOINTS",

@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated
 
+from batchrelay.config.errors import ConfigurationError
+from batchrelay.config.settings import config_file_sources
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
@@ -33,9 +35,6 @@ from pydantic_settings import (
     SettingsConfigDict,
     SettingsError,
 )
-
-from config.errors import ConfigurationError
-from config.settings import config_file_sources
 
 NonNegative = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
+from batchrelay.config.errors import ConfigurationError
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -33,8 +34,6 @@ from pydantic_settings import (
     SettingsError,
     TomlConfigSettingsSource,
 )
-
-from config.errors import ConfigurationError
 
 MB = 1024 * 1024
 OPENAI_ENDPOINTS = (
@@ -189,7 +188,7 @@ class ProviderProfile(BaseModel):
     @field_validator("token_estimates")
     @classmethod
     def _estimates(cls, value: dict[str, float | str]) -> dict[str, float | str]:
-        from config.tokens import check_tokenizer
+        from batchrelay.config.tokens import check_tokenizer
 
         for glob, spec in value.items():
             if isinstance(spec, str):
@@ -384,7 +383,7 @@ class Settings(BaseSettings):
     def _allow_hosts(cls, value: list[str]) -> list[str]:
         # Checked here, so a bad entry stops the worker at start instead of failing every
         # delivery. The producer package imports config, hence the late import.
-        from producer.callbacks import WebhookPolicy
+        from batchrelay.producer.callbacks import WebhookPolicy
 
         try:
             WebhookPolicy(allow_hosts=tuple(value))

@@ -3,7 +3,7 @@
 `start_emulator(EmulatorConfig(port=0))` runs one in a background thread; see README.md.
 """
 
-from emulator.config import EmulatorConfig, Faults, Timings
-from emulator.server import EmulatorHandle, serve, start_emulator
+from batchrelay.emulator.config import EmulatorConfig, Faults, Timings
+from batchrelay.emulator.server import EmulatorHandle, serve, start_emulator
 
 __all__ = ["EmulatorConfig", "EmulatorHandle", "Faults", "Timings", "serve", "start_emulator"]

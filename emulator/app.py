@@ -11,15 +11,19 @@ Paths served:
 from __future__ import annotations
 
 import orjson
+from batchrelay.emulator.engine import Engine
+from batchrelay.emulator.errors import ApiError, server_error_body
+from batchrelay.emulator.routes_admin import admin_router
+from batchrelay.emulator.routes_anthropic import (
+    BASE,
+    PATH_SCOPE_KEY,
+    PREFIX_SCOPE_KEY,
+    anthropic_router,
+)
+from batchrelay.emulator.routes_openai import openai_router
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from emulator.engine import Engine
-from emulator.errors import ApiError, server_error_body
-from emulator.routes_admin import admin_router
-from emulator.routes_anthropic import BASE, PATH_SCOPE_KEY, PREFIX_SCOPE_KEY, anthropic_router
-from emulator.routes_openai import openai_router
 
 OPENAI_MOUNTS = {"/v1": "openai", "/openai/v1": "azure", "/openai": "azure"}
 PEEK_LIMIT = 1024 * 1024

@@ -23,7 +23,7 @@ HTML_ERROR_PAGE = (
     b"<body><h1>502 Bad Gateway</h1><p>The upstream server returned an invalid response.</p>"
     b"</body></html>\n"
 )
-log = logging.getLogger("emulator.downloads")
+log = logging.getLogger("batchrelay.emulator.downloads")
 
 
 class _DropCutMessage(logging.Filter):

@@ -14,20 +14,20 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from emulator.config import EmulatorConfig, Timings
-from emulator.faults import FaultState
-from emulator.lifecycle import TERMINAL, cancel_plan, phase, plan_run
-from emulator.results import write_anthropic_results, write_openai_results
-from emulator.scheduler import Scheduler
-from emulator.store import BatchRecord, FileRecord, Store, random_id
-from emulator.validation import (
+from batchrelay.emulator.config import EmulatorConfig, Timings
+from batchrelay.emulator.faults import FaultState
+from batchrelay.emulator.lifecycle import TERMINAL, cancel_plan, phase, plan_run
+from batchrelay.emulator.results import write_anthropic_results, write_openai_results
+from batchrelay.emulator.scheduler import Scheduler
+from batchrelay.emulator.store import BatchRecord, FileRecord, Store, random_id
+from batchrelay.emulator.validation import (
     ModelMatcher,
     batch_error,
     canned_error,
     token_limit_message,
     validate_input,
 )
-from emulator.views import anthropic_status
+from batchrelay.emulator.views import anthropic_status
 
 OUTPUT_FILE_LIFETIME_S = 30 * 86400
 ENDED = set(TERMINAL.values()) | {"failed"}

@@ -12,7 +12,7 @@ import random
 import threading
 from dataclasses import dataclass
 
-from emulator.config import Faults
+from batchrelay.emulator.config import Faults
 
 _SCALE = float(1 << 64)
 

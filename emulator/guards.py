@@ -9,9 +9,8 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable
 
+from batchrelay.emulator.errors import ApiError, server_error_body
 from fastapi import Request
-
-from emulator.errors import ApiError, server_error_body
 
 Flavor = str  # "openai" | "azure" | "anthropic"
 

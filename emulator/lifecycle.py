@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from emulator.store import BatchRecord
+from batchrelay.emulator.store import BatchRecord
 
 TERMINAL = {"done": "completed", "expired": "expired", "cancelled": "cancelled"}
 NEVER_RAN = {"expired": "batch_expired", "cancelled": "batch_cancelled"}

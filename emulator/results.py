@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 import orjson
-
-from emulator.content import OPENAI_ENDPOINTS, Ctx, anthropic_message
-from emulator.errors import anthropic_error, server_error_body
-from emulator.faults import digest_fails, line_digest
-from emulator.lifecycle import NEVER_RAN
-from emulator.store import BatchRecord
-from emulator.validation import normalize_endpoint
+from batchrelay.emulator.content import OPENAI_ENDPOINTS, Ctx, anthropic_message
+from batchrelay.emulator.errors import anthropic_error, server_error_body
+from batchrelay.emulator.faults import digest_fails, line_digest
+from batchrelay.emulator.lifecycle import NEVER_RAN
+from batchrelay.emulator.store import BatchRecord
+from batchrelay.emulator.validation import normalize_endpoint
 
 CHUNK_LINES = 1000
 NEVER_RAN_MESSAGES = {

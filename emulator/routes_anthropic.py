@@ -10,16 +10,15 @@ from __future__ import annotations
 import time
 
 import anyio
+from batchrelay.emulator.anthropic_body import BodyError, split_requests
+from batchrelay.emulator.downloads import FileDownload, html_error_page
+from batchrelay.emulator.engine import CancelConflict, Engine, NotEnded
+from batchrelay.emulator.errors import ApiError
+from batchrelay.emulator.guards import api_guard
+from batchrelay.emulator.store import BatchRecord
+from batchrelay.emulator.views import anthropic_batch, anthropic_status
+from batchrelay.emulator.wire import int_query, json_response
 from fastapi import APIRouter, Depends, Request, Response
-
-from emulator.anthropic_body import BodyError, split_requests
-from emulator.downloads import FileDownload, html_error_page
-from emulator.engine import CancelConflict, Engine, NotEnded
-from emulator.errors import ApiError
-from emulator.guards import api_guard
-from emulator.store import BatchRecord
-from emulator.views import anthropic_batch, anthropic_status
-from emulator.wire import int_query, json_response
 
 BASE = "/v1/messages/batches"
 PREFIX_SCOPE_KEY = "emulator.anthropic_prefix"

@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import time
 
+from batchrelay.emulator.content import OPENAI_ENDPOINTS
+from batchrelay.emulator.downloads import FileDownload, html_error_page
+from batchrelay.emulator.engine import CancelConflict, Engine
+from batchrelay.emulator.errors import ApiError, bad_request, not_found
+from batchrelay.emulator.guards import api_guard
+from batchrelay.emulator.store import BatchRecord, FileRecord
+from batchrelay.emulator.uploads import UploadError, receive_upload
+from batchrelay.emulator.validation import normalize_endpoint
+from batchrelay.emulator.views import file_object, openai_batch
+from batchrelay.emulator.wire import (
+    int_query,
+    json_response,
+    page_after,
+    read_json_object,
+    type_name,
+)
 from fastapi import APIRouter, Depends, Request, Response
-
-from emulator.content import OPENAI_ENDPOINTS
-from emulator.downloads import FileDownload, html_error_page
-from emulator.engine import CancelConflict, Engine
-from emulator.errors import ApiError, bad_request, not_found
-from emulator.guards import api_guard
-from emulator.store import BatchRecord, FileRecord
-from emulator.uploads import UploadError, receive_upload
-from emulator.validation import normalize_endpoint
-from emulator.views import file_object, openai_batch
-from emulator.wire import int_query, json_response, page_after, read_json_object, type_name
 
 MAX_FILE_BYTES = 512 * 1024 * 1024
 PURPOSES = {"assistants", "batch", "fine-tune", "vision", "user_data", "evals"}

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-log = logging.getLogger("emulator.scheduler")
+log = logging.getLogger("batchrelay.emulator.scheduler")
 
 
 class Scheduler:

@@ -9,10 +9,9 @@ from types import TracebackType
 
 import httpx
 import uvicorn
-
-from emulator.app import create_app
-from emulator.config import EmulatorConfig
-from emulator.engine import Engine
+from batchrelay.emulator.app import create_app
+from batchrelay.emulator.config import EmulatorConfig
+from batchrelay.emulator.engine import Engine
 
 START_TIMEOUT_S = 10.0
 

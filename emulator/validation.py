@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
-
-from emulator.content import REQUIRED_PARAM
-from emulator.faults import digest_fails, line_digest
+from batchrelay.emulator.content import REQUIRED_PARAM
+from batchrelay.emulator.faults import digest_fails, line_digest
 
 MAX_ERRORS = 100
 DEFAULT_MODERATION_MODEL = "omni-moderation-latest"

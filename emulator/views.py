@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from emulator.lifecycle import phase, processed_by, terminal_time
-from emulator.store import BatchRecord, FileRecord
+from batchrelay.emulator.lifecycle import phase, processed_by, terminal_time
+from batchrelay.emulator.store import BatchRecord, FileRecord
 
 DEFAULT_WINDOW_S = 86400
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import orjson
+from batchrelay.emulator.errors import Shape, bad_request
 from fastapi import Request, Response
-
-from emulator.errors import Shape, bad_request
 
 JSON_TYPE_NAMES = {
     str: "a string",

@@ -23,6 +23,7 @@ import threading
 from typing import Any
 
 import standardwebhooks
+from batchrelay.config import Settings, load_settings
 from django.conf import settings as django_settings
 from django.core.handlers.wsgi import WSGIHandler
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -30,8 +31,7 @@ from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from config import Settings, load_settings
-from producer import BatchRelay, BatchRelayError, Webhook
+from batchrelay import BatchRelay, BatchRelayError, Webhook
 
 WEBHOOK_PATH = "/webhooks/batchrelay"
 

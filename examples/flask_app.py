@@ -19,10 +19,10 @@ import threading
 from typing import Any
 
 import standardwebhooks
+from batchrelay.config import Settings, load_settings
 from flask import Flask, abort, jsonify, request
 
-from config import Settings, load_settings
-from producer import BatchRelay, BatchRelayError, Webhook
+from batchrelay import BatchRelay, BatchRelayError, Webhook
 
 WEBHOOK_PATH = "/webhooks/batchrelay"
 

@@ -1,11 +1,11 @@
-"""What a web app imports: `from producer import BatchRelay, AsyncBatchRelay, Webhook, CeleryTask`.
+"""The producer side: `BatchRelay`, `AsyncBatchRelay` and their types (re-exported by `batchrelay`).
 
 Importing it pulls in redis-py and pydantic, never Celery.
 """
 
-from producer.callbacks import CeleryTask, Webhook
-from producer.client import AsyncBatchRelay, BatchRelay, SubmitItem
-from producer.errors import (
+from batchrelay.producer.callbacks import CeleryTask, Webhook
+from batchrelay.producer.client import AsyncBatchRelay, BatchRelay, SubmitItem
+from batchrelay.producer.errors import (
     BatchRelayError,
     CancelError,
     ConfigurationError,
@@ -21,7 +21,7 @@ from producer.errors import (
     UnknownEndpointError,
     UnknownModelError,
 )
-from producer.records import RequestStatus
+from batchrelay.producer.records import RequestStatus
 
 __all__ = [
     "AsyncBatchRelay",

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-
-from producer import errors
+from batchrelay.producer import errors
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -16,14 +16,12 @@ from typing import Any
 import orjson
 import redis
 import redis.asyncio as aredis
-from redis.exceptions import NoScriptError
-
-from config import Settings, load_settings
-from producer import errors
-from producer.callbacks import CeleryTask, Webhook
-from producer.intake import Intake, Prepared
-from producer.keys import Keys, new_request_id, tag_of
-from producer.records import (
+from batchrelay.config import Settings, load_settings
+from batchrelay.producer import errors
+from batchrelay.producer.callbacks import CeleryTask, Webhook
+from batchrelay.producer.intake import Intake, Prepared
+from batchrelay.producer.keys import Keys, new_request_id, tag_of
+from batchrelay.producer.records import (
     FINAL_STATES,
     RESULT_FIELDS,
     STATUS_FIELDS,
@@ -32,12 +30,13 @@ from producer.records import (
     result_payload,
     status_from_fields,
 )
+from redis.exceptions import NoScriptError
 
 SUBMIT_CHUNK = 1000
 # A pubsub message can be lost (Redis restart, reconnect); result() re-reads the record this
 # often while it waits, which is a safety net, not a busy poll.
 RESULT_RECHECK_S = 5.0
-RELAY_LUA = resources.files("producer").joinpath("relay.lua").read_text()
+RELAY_LUA = resources.files("batchrelay.producer").joinpath("relay.lua").read_text()
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from config.errors import BatchRelayError, ConfigurationError
+from batchrelay.config.errors import BatchRelayError, ConfigurationError
 
 __all__ = ["BatchRelayError", "ConfigurationError"]
 

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-
-from config import ProviderProfile, Settings
-from producer import errors
-from producer.callbacks import CeleryTask, Webhook, WebhookPolicy, validate_callback
-from producer.keys import body_hash, group_tag
+from batchrelay.config import ProviderProfile, Settings
+from batchrelay.producer import errors
+from batchrelay.producer.callbacks import CeleryTask, Webhook, WebhookPolicy, validate_callback
+from batchrelay.producer.keys import body_hash, group_tag
 
 MAX_METADATA_BYTES = 16 * 1024
 MAX_IDEMPOTENCY_KEY = 255

@@ -12,8 +12,7 @@ from collections.abc import Callable, Iterator
 import anthropic
 import openai
 import pytest
-
-from emulator import EmulatorConfig, EmulatorHandle, start_emulator
+from batchrelay.emulator import EmulatorConfig, EmulatorHandle, start_emulator
 
 FAST = {
     "validating_delay_s": 0.0,

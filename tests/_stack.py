@@ -1,7 +1,7 @@
 """Real Celery worker and beat processes for end-to-end and crash tests.
 
-Each process runs `celery -A worker ...` exactly as in production, configured only through
-`BATCHRELAY_*` environment variables, so a test may SIGKILL any of them at any moment.
+Each process runs `celery -A batchrelay.worker ...` exactly as in production, configured only
+through `BATCHRELAY_*` environment variables, so a test may SIGKILL any of them at any moment.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class Stack:
         self._n += 1
         log = (self.logdir / f"{name}-{self._n}.log").open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker", *args],
+            [sys.executable, "-m", "celery", "-A", "batchrelay.worker", *args],
             cwd=ROOT,
             env=self.env,
             stdout=log,

@@ -23,9 +23,9 @@ import logging
 import math
 from collections.abc import Iterable
 
-from config import ProviderProfile, Settings
-from config.tokens import tokenizer
-from worker.context import Relay
+from batchrelay.config import ProviderProfile, Settings
+from batchrelay.config.tokens import tokenizer
+from batchrelay.worker.context import Relay
 
 log = logging.getLogger(__name__)
 

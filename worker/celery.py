@@ -1,12 +1,12 @@
-"""The app `celery -A worker worker|beat` finds. Bad configuration stops it here, with a
+"""The app `celery -A batchrelay.worker worker|beat` finds. Bad configuration stops it here, with a
 message naming each bad setting, before Celery starts anything."""
 
 from __future__ import annotations
 
 import sys
 
-from config import ConfigurationError, load_settings
-from worker.celery_app import create_app
+from batchrelay.config import ConfigurationError, load_settings
+from batchrelay.worker.celery_app import create_app
 
 try:
     app = create_app(load_settings())

@@ -1,19 +1,18 @@
 """The Celery app: the at-least-once settings of the reference, the queue, the beat schedule.
 
 `create_app(settings)` builds an app for any settings (tests make one per stack);
-`worker/celery.py` builds the one `celery -A worker ...` finds.
+`worker/celery.py` builds the one `celery -A batchrelay.worker ...` finds.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
+from batchrelay.config import Settings
+from batchrelay.worker.context import Relay
 from celery import Celery
 
-from config import Settings
-from worker.context import Relay
-
-TASK_MODULE = "worker.tasks"
+TASK_MODULE = "batchrelay.worker.tasks"
 
 
 def create_app(settings: Settings) -> Celery:
@@ -46,7 +45,7 @@ def create_app(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         # A standby beat takes over once the lock expires: five loops, as RedBeat advises.
         beat_max_loop_interval=loop_s,
-        beat_scheduler="worker.beat:ResilientRedBeatScheduler",
+        beat_scheduler="batchrelay.worker.beat:ResilientRedBeatScheduler",
         redbeat_redis_url=settings.redis_url,
         redbeat_key_prefix=f"{settings.key_prefix}:redbeat",
         redbeat_lock_timeout=loop_s * 5,

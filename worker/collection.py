@@ -13,13 +13,12 @@ from collections import Counter
 from collections.abc import Iterator
 
 import orjson
-
-from producer.keys import tag_of
-from worker import capacity
-from worker.context import COLLECTING, DONE, SUBMITTED, Relay
-from worker.packing import iter_item_ids
-from worker.providers import ProviderBatch, ProviderError
-from worker.settling import Row, settle_all
+from batchrelay.producer.keys import tag_of
+from batchrelay.worker import capacity
+from batchrelay.worker.context import COLLECTING, DONE, SUBMITTED, Relay
+from batchrelay.worker.packing import iter_item_ids
+from batchrelay.worker.providers import ProviderBatch, ProviderError
+from batchrelay.worker.settling import Row, settle_all
 
 log = logging.getLogger(__name__)
 

@@ -16,14 +16,13 @@ from typing import Any
 import httpx
 import orjson
 import redis
+from batchrelay.config import Settings
+from batchrelay.producer.client import RELAY_LUA
+from batchrelay.producer.keys import Keys, tag_of
+from batchrelay.producer.records import now_ms
+from batchrelay.worker.providers import BatchAdapter, make_adapter
+from batchrelay.worker.webhooks import make_webhook_client
 from redis.exceptions import LockError, LockNotOwnedError
-
-from config import Settings
-from producer.client import RELAY_LUA
-from producer.keys import Keys, tag_of
-from producer.records import now_ms
-from worker.providers import BatchAdapter, make_adapter
-from worker.webhooks import make_webhook_client
 
 log = logging.getLogger(__name__)
 

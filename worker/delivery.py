@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-
-from producer.callbacks import CeleryTask, Webhook, WebhookPolicy, callback_from_record
-from producer.keys import tag_of
-from producer.records import RESULT_FIELDS, result_payload
-from worker.context import Relay
-from worker.webhooks import send_webhook
+from batchrelay.producer.callbacks import CeleryTask, Webhook, WebhookPolicy, callback_from_record
+from batchrelay.producer.keys import tag_of
+from batchrelay.producer.records import RESULT_FIELDS, result_payload
+from batchrelay.worker.context import Relay
+from batchrelay.worker.webhooks import send_webhook
 
 log = logging.getLogger(__name__)
 

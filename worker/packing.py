@@ -14,11 +14,11 @@ import logging
 from collections.abc import Iterator
 from typing import IO
 
-from config import ProviderProfile
-from producer.keys import new_batch_id
-from worker import capacity
-from worker.context import CLAIMED, Group, Relay
-from worker.providers import BatchAdapter
+from batchrelay.config import ProviderProfile
+from batchrelay.producer.keys import new_batch_id
+from batchrelay.worker import capacity
+from batchrelay.worker.context import CLAIMED, Group, Relay
+from batchrelay.worker.providers import BatchAdapter
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 import logging
 
 import orjson
-
-from worker import capacity
-from worker.context import COLLECTING, SUBMITTED, Relay
+from batchrelay.worker import capacity
+from batchrelay.worker.context import COLLECTING, SUBMITTED, Relay
 
 log = logging.getLogger(__name__)
 

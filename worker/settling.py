@@ -11,8 +11,8 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from producer.keys import tag_of
-from worker.context import Relay
+from batchrelay.producer.keys import tag_of
+from batchrelay.worker.context import Relay
 
 SETTLE_CHUNK = 500
 Row = tuple[str, str, int, bytes]  # request id, outcome, status code, payload

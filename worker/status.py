@@ -6,8 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-
-from worker.context import Relay
+from batchrelay.worker.context import Relay
 
 
 def overview(relay: Relay) -> dict[str, Any]:

@@ -17,15 +17,20 @@ import time
 from pathlib import Path
 
 import orjson
-
-from config import ProviderProfile
-from producer.keys import tag_of
-from worker import capacity
-from worker.context import CLAIMED, DONE, SUBMITTED, UPLOADED, Relay
-from worker.packing import iter_item_ids, iter_items, write_input
-from worker.providers import BatchAdapter, Claim, ProviderBatch, ProviderError, ReconcilePending
-from worker.providers.http import retry_delay_s
-from worker.settling import settle
+from batchrelay.config import ProviderProfile
+from batchrelay.producer.keys import tag_of
+from batchrelay.worker import capacity
+from batchrelay.worker.context import CLAIMED, DONE, SUBMITTED, UPLOADED, Relay
+from batchrelay.worker.packing import iter_item_ids, iter_items, write_input
+from batchrelay.worker.providers import (
+    BatchAdapter,
+    Claim,
+    ProviderBatch,
+    ProviderError,
+    ReconcilePending,
+)
+from batchrelay.worker.providers.http import retry_delay_s
+from batchrelay.worker.settling import settle
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,8 @@ import logging
 from collections.abc import Iterable
 
 import orjson
-
-from worker import capacity
-from worker.context import CLAIMED, COLLECTING, DONE, RETIRED, SUBMITTED, UPLOADED, Relay
+from batchrelay.worker import capacity
+from batchrelay.worker.context import CLAIMED, COLLECTING, DONE, RETIRED, SUBMITTED, UPLOADED, Relay
 
 log = logging.getLogger(__name__)
 

@@ -27,10 +27,9 @@ from typing import Any
 import httpcore
 import httpx
 import standardwebhooks
+from batchrelay.producer import errors
+from batchrelay.producer.callbacks import WebhookPolicy, check_webhook_url, resolve_webhook_host
 from pydantic import SecretStr
-
-from producer import errors
-from producer.callbacks import WebhookPolicy, check_webhook_url, resolve_webhook_host
 
 USER_AGENT = "batchrelay-webhooks/1"
 # What is kept of a receiver's answer: enough for a dead-letter note, never a memory risk.

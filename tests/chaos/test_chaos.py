@@ -22,9 +22,9 @@ import openai
 import orjson
 import pytest
 import redis
+from batchrelay.emulator import start_emulator
+from batchrelay.producer import BatchRelay, Webhook
 
-from emulator import start_emulator
-from producer import BatchRelay, Webhook
 from tests._receiver import WebhookReceiver
 from tests._redis import RedisServer
 from tests._stack import Stack

@@ -6,9 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from config import ConfigurationError
-from config.prices import DEFAULT_PRICES, ModelPrice, PriceTable, load_prices
+from batchrelay.config import ConfigurationError
+from batchrelay.config.prices import DEFAULT_PRICES, ModelPrice, PriceTable, load_prices
 
 
 @pytest.fixture(autouse=True)

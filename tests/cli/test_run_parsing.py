@@ -8,6 +8,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from batchrelay.config import load_settings
+from batchrelay.producer.intake import Intake
 
 from batchrelay.run import (
     ANTHROPIC_ENDPOINT,
@@ -18,8 +20,6 @@ from batchrelay.run import (
     tokens,
     usd,
 )
-from config import load_settings
-from producer.intake import Intake
 from tests.cli.conftest import chat_line, write_jsonl
 
 

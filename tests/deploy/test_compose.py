@@ -9,12 +9,12 @@ import shlex
 
 import httpx
 import pytest
+from batchrelay.config import Settings
+from batchrelay.config.settings import _check_webhook_secret
+from batchrelay.emulator import EmulatorConfig
+from batchrelay.producer import BatchRelay
 from pydantic import SecretStr
 
-from config import Settings
-from config.settings import _check_webhook_secret
-from emulator import EmulatorConfig
-from producer import BatchRelay
 from tests.deploy._compose import (
     ENV_EXAMPLE,
     ROOT,
@@ -36,7 +36,7 @@ CHAT = "/v1/chat/completions"
 
 def celery_conf():
     """The Celery configuration every compose service runs with (any valid settings)."""
-    from worker.celery_app import create_app
+    from batchrelay.worker.celery_app import create_app
 
     profile = {"name": "p", "base_url": "http://p/v1", "api_key": "k"}
     return create_app(Settings(providers=[profile])).conf
@@ -91,16 +91,18 @@ def test_compose_services_and_their_promises():
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
 
     worker = services["worker"]
-    assert service_command(worker) == shlex.split("celery -A worker worker -l INFO")
+    assert service_command(worker) == shlex.split("celery -A batchrelay.worker worker -l INFO")
     assert "ports" not in worker and "container_name" not in worker  # --scale worker=N
     # docker stop -> SIGTERM -> (remapped) Celery cold shutdown with its soft-shutdown window,
     # which must end before Docker's SIGKILL.
     assert worker["environment"]["REMAP_SIGTERM"] == "SIGQUIT"
     assert seconds(worker["stop_grace_period"]) >= celery_conf().worker_soft_shutdown_timeout + 15
 
-    assert service_command(services["beat"])[:4] == ["celery", "-A", "worker", "beat"]
+    assert service_command(services["beat"])[:4] == ["celery", "-A", "batchrelay.worker", "beat"]
     assert "ports" not in services["beat"]  # --scale beat=2 for a standby
-    assert service_command(services["flower"]) == shlex.split("celery -A worker flower --port=5555")
+    assert service_command(services["flower"]) == shlex.split(
+        "celery -A batchrelay.worker flower --port=5555"
+    )
     assert service_command(services["emulator"]) == shlex.split(
         "batchrelay emulator --host 0.0.0.0 --port 8089"
     )

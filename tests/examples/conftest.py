@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from batchrelay.emulator import EmulatorConfig
 
 from batchrelay.stack import EmbeddedStack
-from emulator import EmulatorConfig
 
 FAST_EMULATOR = {
     "port": 0,

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+from batchrelay.config import load_settings
+from batchrelay.producer import BatchRelay, Webhook
 
 from batchrelay.stack import EmbeddedStack, StackError
-from config import load_settings
-from producer import BatchRelay, Webhook
 from tests._receiver import WebhookReceiver
 from tests._stack import ROOT
 

@@ -105,7 +105,7 @@ def test_django_example(stack: EmbeddedStack) -> None:
 def test_examples_need_a_webhook_secret(module: str, stack: EmbeddedStack) -> None:
     import importlib
 
-    from config import load_settings
+    from batchrelay.config import load_settings
 
     example = importlib.import_module(f"examples.{module}")
     settings = load_settings(redis_url=stack.redis_url, webhook_secrets=[])

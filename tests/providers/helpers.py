@@ -9,13 +9,13 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+from batchrelay.config import Settings
+from batchrelay.producer import BatchRelay, Webhook
+from batchrelay.worker.context import Relay
+from batchrelay.worker.packing import aggregate
+from batchrelay.worker.submission import submit_batch
 
-from config import Settings
-from producer import BatchRelay, Webhook
 from tests.relay.harness import SECRET, drive, relay_settings
-from worker.context import Relay
-from worker.packing import aggregate
-from worker.submission import submit_batch
 
 Body = Callable[[str], dict[str, Any]]
 Reply = Callable[[dict[str, Any]], str]

@@ -8,12 +8,12 @@ import time
 
 import httpx
 import pytest
+from batchrelay.emulator import start_emulator
+from batchrelay.worker.packing import aggregate, write_input
+from batchrelay.worker.submission import create, submit_batch
 
-from emulator import start_emulator
 from tests.providers.helpers import Scenario, message_text, messages
 from tests.relay.harness import drive, fast_emulator_config
-from worker.packing import aggregate, write_input
-from worker.submission import create, submit_batch
 
 MESSAGES = "/v1/messages"
 VERSION = "2023-06-01"

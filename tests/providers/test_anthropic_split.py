@@ -11,14 +11,14 @@ import io
 import math
 
 import pytest
+from batchrelay.emulator import start_emulator
+from batchrelay.worker.packing import aggregate, write_input
+from batchrelay.worker.submission import submit_batch
 
-from emulator import start_emulator
 from tests._emulator import anthropic_client
 from tests.providers.helpers import message_text, messages
 from tests.providers.test_anthropic import MESSAGES, VERSION, native
 from tests.relay.harness import drive, fast_emulator_config
-from worker.packing import aggregate, write_input
-from worker.submission import submit_batch
 
 N = 40
 MAX_REQUESTS = 6

@@ -10,11 +10,12 @@ import threading
 import time
 from typing import Any
 
-from emulator import start_emulator
-from producer import BatchRelay
+from batchrelay.emulator import start_emulator
+from batchrelay.producer import BatchRelay
+from batchrelay.worker.context import Relay
+
 from tests.providers.helpers import settings_for
 from tests.relay.harness import CHAT, fast_emulator_config, tick
-from worker.context import Relay
 
 MODEL = "gpt-4o-mini"
 BUDGET = 2_500

@@ -10,13 +10,13 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
+from batchrelay.emulator import EmulatorHandle, start_emulator
+from batchrelay.worker import capacity
+from batchrelay.worker.packing import aggregate
+from batchrelay.worker.submission import submit_batch
 
-from emulator import EmulatorHandle, start_emulator
 from tests.providers.helpers import chat_text
 from tests.relay.harness import CHAT, chat, drive, fast_emulator_config
-from worker import capacity
-from worker.packing import aggregate
-from worker.submission import submit_batch
 
 A, B = "gpt-4o-mini", "gpt-4o"
 PER_BATCH = 5

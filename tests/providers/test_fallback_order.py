@@ -9,12 +9,12 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
+from batchrelay.emulator import EmulatorHandle, start_emulator
+from batchrelay.worker.packing import aggregate
+from batchrelay.worker.submission import submit_batch
 
-from emulator import EmulatorHandle, start_emulator
 from tests.providers.helpers import chat_text
 from tests.relay.harness import CHAT, chat, drive, fast_emulator_config
-from worker.packing import aggregate
-from worker.submission import submit_batch
 
 NAMES = ("primary", "first", "second")
 N, PER_BATCH = 20, 5

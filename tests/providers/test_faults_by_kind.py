@@ -13,14 +13,14 @@ from typing import Any
 
 import openai
 import pytest
+from batchrelay.emulator import EmulatorHandle, start_emulator
+from batchrelay.worker.providers import ProviderError
 
-from emulator import EmulatorHandle, start_emulator
 from tests._emulator import anthropic_client, openai_client
 from tests.providers.helpers import Scenario, chat_text, message_text, messages
 from tests.providers.test_anthropic import MESSAGES, VERSION, native
 from tests.providers.test_openai_style import CAP_48H, DEPLOYMENT
 from tests.relay.harness import CHAT, chat, drive, fast_emulator_config
-from worker.providers import ProviderError
 
 N = 40
 CUTS = 3

@@ -10,15 +10,15 @@ import sys
 import types
 
 import pytest
+from batchrelay.config import ConfigurationError, load_settings
+from batchrelay.config.tokens import tokenizer
+from batchrelay.emulator import start_emulator
+from batchrelay.producer import errors
+from batchrelay.worker.packing import aggregate, iter_items
+from batchrelay.worker.providers.http import auth_headers
+from batchrelay.worker.submission import submit_batch
 
-from config import ConfigurationError, load_settings
-from config.tokens import tokenizer
-from emulator import start_emulator
-from producer import errors
 from tests.relay.harness import CHAT, chat, fast_emulator_config
-from worker.packing import aggregate, iter_items
-from worker.providers.http import auth_headers
-from worker.submission import submit_batch
 
 KEY = "sk-secret-key"
 

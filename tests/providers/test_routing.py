@@ -8,14 +8,14 @@ import threading
 import time
 
 import pytest
+from batchrelay.emulator import start_emulator
+from batchrelay.producer import errors
+from batchrelay.producer.intake import Router
+from batchrelay.worker import capacity
+from batchrelay.worker.context import CLAIMED, DONE
+from batchrelay.worker.sweep import release_stale, sweep
 
-from emulator import start_emulator
-from producer import errors
-from producer.intake import Router
 from tests.relay.harness import CHAT, chat, drive, fast_emulator_config
-from worker import capacity
-from worker.context import CLAIMED, DONE
-from worker.sweep import release_stale, sweep
 
 
 @pytest.fixture
@@ -144,7 +144,7 @@ def test_the_sweep_gives_back_what_killed_processes_left_reserved(relays, emu):
     settings = producer.settings
     a, b = settings.profile("a"), settings.profile("b")
     producer.submit(CHAT, chat("x"))
-    from worker.packing import aggregate
+    from batchrelay.worker.packing import aggregate
 
     [live] = aggregate(worker, now=worker.now() + 10_000)  # claimed for a, reserved there
     assert capacity.reserved(worker, "a") == {live: "gpt-4o-mini"}

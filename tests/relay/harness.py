@@ -9,14 +9,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from config import Settings, load_settings
-from worker.collection import collect_batch
-from worker.context import Relay
-from worker.delivery import deliver_chunk, lease_due
-from worker.packing import aggregate
-from worker.polling import poll_batch
-from worker.submission import submit_batch
-from worker.sweep import lease_due_batches
+from batchrelay.config import Settings, load_settings
+from batchrelay.worker.collection import collect_batch
+from batchrelay.worker.context import Relay
+from batchrelay.worker.delivery import deliver_chunk, lease_due
+from batchrelay.worker.packing import aggregate
+from batchrelay.worker.polling import poll_batch
+from batchrelay.worker.submission import submit_batch
+from batchrelay.worker.sweep import lease_due_batches
 
 SECRET = "whsec_" + base64.b64encode(b"batchrelay-test-secret-32-bytes!").decode()
 CHAT = "/v1/chat/completions"
@@ -24,7 +24,7 @@ EMB = "/v1/embeddings"
 
 
 def fast_emulator_config(**overrides: Any):
-    from emulator import EmulatorConfig
+    from batchrelay.emulator import EmulatorConfig
 
     values: dict[str, Any] = {
         "port": 0,

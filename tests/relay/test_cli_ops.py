@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from batchrelay.emulator import start_emulator
+from batchrelay.producer import BatchRelay, Webhook
+from batchrelay.worker.context import Relay
+from batchrelay.worker.sweep import stuck_batches
 from typer.testing import CliRunner
 
 from batchrelay.cli import app
-from emulator import start_emulator
-from producer import BatchRelay, Webhook
 from tests._receiver import WebhookReceiver
 from tests._stack import settings_env
 from tests.relay.harness import CHAT, all_final, chat, drive, fast_emulator_config, relay_settings
-from worker.context import Relay
-from worker.sweep import stuck_batches
 
 
 @pytest.fixture

@@ -14,12 +14,12 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from batchrelay.worker.context import SUBMITTED
 from typer.testing import CliRunner
 
 from batchrelay.cli import app
 from tests.relay.harness import CHAT, EMB, all_final, chat, drive
 from tests.relay.test_cli_ops import cli, live  # noqa: F401  (live: fixture)
-from worker.context import SUBMITTED
 
 ROOT = Path(__file__).resolve().parents[2]
 

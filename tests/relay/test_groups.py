@@ -12,16 +12,16 @@ import time
 
 import orjson
 import pytest
+from batchrelay.emulator import start_emulator
+from batchrelay.producer import AsyncBatchRelay, BatchRelay, RequestNotFoundError, Webhook
+from batchrelay.producer.keys import new_request_id, tag_of
+from batchrelay.worker import sweep
+from batchrelay.worker.context import RETIRED, Relay
+from batchrelay.worker.delivery import dead_letters
+from batchrelay.worker.sweep import retire_idle_groups, watch_retired
 
-from emulator import start_emulator
-from producer import AsyncBatchRelay, BatchRelay, RequestNotFoundError, Webhook
-from producer.keys import new_request_id, tag_of
 from tests._receiver import WebhookReceiver
 from tests.relay.harness import CHAT, all_final, chat, drive, fast_emulator_config, relay_settings
-from worker import sweep
-from worker.context import RETIRED, Relay
-from worker.delivery import dead_letters
-from worker.sweep import retire_idle_groups, watch_retired
 
 RETENTION_S = 2
 

@@ -8,10 +8,16 @@ from collections import Counter
 
 import orjson
 import pytest
+from batchrelay.emulator import start_emulator
+from batchrelay.producer import BatchRelay, CancelError, CeleryTask, Webhook
+from batchrelay.producer.keys import Keys, tag_of
+from batchrelay.worker.collection import collect_batch
+from batchrelay.worker.context import Relay
+from batchrelay.worker.delivery import dead_letters, deliver_chunk, lease_due, replay
+from batchrelay.worker.packing import aggregate
+from batchrelay.worker.providers import ProviderError
+from batchrelay.worker.submission import submit_batch
 
-from emulator import start_emulator
-from producer import BatchRelay, CancelError, CeleryTask, Webhook
-from producer.keys import Keys, tag_of
 from tests._receiver import WebhookReceiver
 from tests.relay.harness import (
     CHAT,
@@ -24,12 +30,6 @@ from tests.relay.harness import (
     relay_settings,
     tick,
 )
-from worker.collection import collect_batch
-from worker.context import Relay
-from worker.delivery import dead_letters, deliver_chunk, lease_due, replay
-from worker.packing import aggregate
-from worker.providers import ProviderError
-from worker.submission import submit_batch
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def provider_batches(emu) -> list[dict]:
 
 
 def test_round_trip_joins_each_result_to_its_request(stack, emu, receiver):
-    from emulator.content import embedding_vector
+    from batchrelay.emulator.content import embedding_vector
 
     producer, worker = stack(profile={"max_requests_per_batch": 70})
     hook = Webhook(receiver.url + "/hooks")
@@ -193,7 +193,7 @@ def test_a_batch_created_before_a_crash_is_adopted_not_created_again(stack, emu)
     import tempfile
     from pathlib import Path
 
-    from worker.packing import write_input
+    from batchrelay.worker.packing import write_input
 
     worker.set_batch(bid, create_started=worker.now())  # as create() records before creating
     with tempfile.TemporaryDirectory() as tmp:
@@ -395,7 +395,7 @@ def test_a_claimed_batch_whose_requests_were_all_cancelled_is_never_created(stac
 
 
 def test_stuck_batch_is_reported_not_dropped(stack, emu, caplog):
-    from worker.sweep import stuck_batches, sweep
+    from batchrelay.worker.sweep import stuck_batches, sweep
 
     producer, worker = stack(stuck_after_s=0.3)
     emu.set_faults(stuck_finalizing_next=1, stuck_finalizing_s=2.0)
@@ -450,7 +450,7 @@ def test_missing_reseller_field_refuses_the_batch_and_requests_fail_with_its_err
 
 
 def test_a_batch_our_side_cannot_move_is_reported_stuck(stack, emu):
-    from worker.sweep import stuck_batches
+    from batchrelay.worker.sweep import stuck_batches
 
     producer, worker = stack(stuck_after_s=0.2)
     producer.submit(CHAT, chat("held"))

@@ -8,9 +8,8 @@ import time
 
 import pytest
 import redis
-
-from config import load_settings
-from producer import (
+from batchrelay.config import load_settings
+from batchrelay.producer import (
     AsyncBatchRelay,
     BatchRelay,
     CancelError,
@@ -27,7 +26,7 @@ from producer import (
     UnknownModelError,
     Webhook,
 )
-from producer.keys import Keys, tag_of
+from batchrelay.producer.keys import Keys, tag_of
 
 CHAT = "/v1/chat/completions"
 

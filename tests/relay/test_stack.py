@@ -1,4 +1,4 @@
-"""The whole system as deployed: `celery -A worker worker` and `celery -A worker beat` as real
+"""The whole system as deployed: `celery -A batchrelay.worker worker` and `... beat` as real
 processes, real Redis, the emulator over HTTP and a real webhook receiver. Includes SIGKILL
 tests: a worker killed while packing, while submitting and while collecting."""
 
@@ -10,10 +10,10 @@ from collections import Counter
 
 import orjson
 import pytest
+from batchrelay.emulator import start_emulator
+from batchrelay.emulator.content import embedding_vector
+from batchrelay.producer import BatchRelay, CeleryTask, Webhook
 
-from emulator import start_emulator
-from emulator.content import embedding_vector
-from producer import BatchRelay, CeleryTask, Webhook
 from tests._receiver import WebhookReceiver
 from tests._stack import ROOT, Stack, settings_env
 from tests.relay.harness import CHAT, EMB, SECRET, chat, fast_emulator_config, relay_settings
@@ -140,8 +140,7 @@ def test_anthropic_message_batches_through_worker_and_beat(redis_url, receiver, 
 
 def live_batch_states(redis_url) -> set[str]:
     import redis
-
-    from producer.keys import Keys
+    from batchrelay.producer.keys import Keys
 
     client, keys, states = redis.Redis.from_url(redis_url), Keys(), set()
     for tag in client.hkeys(keys.groups):
@@ -242,7 +241,7 @@ def test_bad_configuration_stops_the_worker_with_the_setting_named(redis_url, tm
     )
     env["BATCHRELAY_POLL_INTERVAL_S"] = "-1"
     proc = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "worker", "worker"],
+        [sys.executable, "-m", "celery", "-A", "batchrelay.worker", "worker"],
         cwd=ROOT,
         env=env,
         capture_output=True,

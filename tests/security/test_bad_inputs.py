@@ -5,7 +5,7 @@ nothing stored:
   `batchrelay run` (exit 2 naming the line);
 - RUN_MATRIX: what only a batch file can get wrong (`batchrelay run`, exit 2 naming the line);
 - CONFIG_MATRIX: settings, through `BatchRelay()`, `batchrelay run` and a real
-  `celery -A worker worker` (both exit 78 naming the setting).
+  `celery -A batchrelay.worker worker` (both exit 78 naming the setting).
 
 README.md carries the same tables (checked below)."""
 
@@ -23,11 +23,8 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from typer.testing import CliRunner, Result
-
-from batchrelay.cli import app
-from config import ConfigurationError, Settings
-from producer import (
+from batchrelay.config import ConfigurationError, Settings
+from batchrelay.producer import (
     BatchRelay,
     IdempotencyConflictError,
     InvalidCallbackError,
@@ -40,6 +37,9 @@ from producer import (
     UnknownModelError,
     Webhook,
 )
+from typer.testing import CliRunner, Result
+
+from batchrelay.cli import app
 from tests._stack import ROOT, settings_env
 from tests.relay.harness import CHAT, chat, relay_settings
 
@@ -322,9 +322,9 @@ WORKER_WAIT_S = 6.0  # a bad configuration stops a worker in about a second
 
 
 def start_worker(env: dict[str, str], cwd: Path) -> tuple[int | None, str]:
-    """`celery -A worker worker` as deployed: (exit code or None if it kept running, stderr)."""
+    """`celery -A batchrelay.worker worker` as deployed: (exit code or None if it kept running, stderr)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", "solo"],
+        [sys.executable, "-m", "celery", "-A", "batchrelay.worker", "worker", "--pool", "solo"],
         cwd=cwd,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -409,10 +409,11 @@ def test_readme_carries_the_same_tables():
 
 def test_callback_is_checked_again_at_delivery(redis_url):
     """Allowed when submitted, refused when delivered (the allow-list changed): never sent."""
-    from emulator import start_emulator
+    from batchrelay.emulator import start_emulator
+    from batchrelay.worker.context import Relay
+
     from tests._receiver import WebhookReceiver
     from tests.relay.harness import drive, fast_emulator_config
-    from worker.context import Relay
 
     with start_emulator(fast_emulator_config()) as emu, WebhookReceiver() as receiver:
         allowed = relay_settings(redis_url, emu)

@@ -5,11 +5,11 @@ result could not be read go back to pending and succeed in a later batch."""
 from __future__ import annotations
 
 import pytest
+from batchrelay.emulator import start_emulator
+from batchrelay.producer import BatchRelay
+from batchrelay.worker.context import Relay
 
-from emulator import start_emulator
-from producer import BatchRelay
 from tests.relay.harness import CHAT, all_final, chat, drive, fast_emulator_config, relay_settings
-from worker.context import Relay
 
 KINDS = ["unparseable_line", "unknown_custom_id", "truncated", "html"]
 # What the WARNING/ERROR log says for each kind.

@@ -11,9 +11,8 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-
-from producer import callbacks
-from producer.callbacks import (
+from batchrelay.producer import callbacks
+from batchrelay.producer.callbacks import (
     CeleryTask,
     Webhook,
     WebhookPolicy,
@@ -22,7 +21,7 @@ from producer.callbacks import (
     check_webhook_url,
     validate_callback,
 )
-from producer.errors import ConfigurationError, InvalidCallbackError
+from batchrelay.producer.errors import ConfigurationError, InvalidCallbackError
 
 STRICT = WebhookPolicy()
 

@@ -6,9 +6,8 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-
-from worker.providers.base import ProviderError
-from worker.providers.http import MAX_RETRY_AFTER_S, call, retry_after_s
+from batchrelay.worker.providers.base import ProviderError
+from batchrelay.worker.providers.http import MAX_RETRY_AFTER_S, call, retry_after_s
 
 URL = "http://provider.invalid/v1/batches"
 

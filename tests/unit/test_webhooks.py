@@ -18,13 +18,10 @@ from email.utils import formatdate
 import httpx
 import pytest
 import standardwebhooks
-from pydantic import SecretStr
-
-from producer import callbacks
-from producer.callbacks import WebhookPolicy
-from producer.errors import ConfigurationError
-from tests._receiver import WebhookReceiver, fails_first
-from worker.webhooks import (
+from batchrelay.producer import callbacks
+from batchrelay.producer.callbacks import WebhookPolicy
+from batchrelay.producer.errors import ConfigurationError
+from batchrelay.worker.webhooks import (
     RESPONSE_PREFIX_BYTES,
     USER_AGENT,
     generate_webhook_secret,
@@ -34,6 +31,9 @@ from worker.webhooks import (
     sign_webhook,
     verify_webhook,
 )
+from pydantic import SecretStr
+
+from tests._receiver import WebhookReceiver, fails_first
 
 LOCAL = WebhookPolicy(allow_hosts=("127.0.0.1",))
 BODY = b'{"id":"req_1","status":"succeeded","result":{"text":"h\xc3\xa9llo"}}'

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from config import ProviderProfile, Settings
-from worker.providers.anthropic import AnthropicAdapter
-from worker.providers.base import (
+from batchrelay.config import ProviderProfile, Settings
+from batchrelay.worker.providers.anthropic import AnthropicAdapter
+from batchrelay.worker.providers.base import (
     BatchAdapter,
     Claim,
     Outcome,
@@ -12,7 +12,7 @@ from worker.providers.base import (
     ProviderError,
     ReconcilePending,
 )
-from worker.providers.openai_compat import AzureAdapter, OpenAIAdapter
+from batchrelay.worker.providers.openai_compat import AzureAdapter, OpenAIAdapter
 
 ADAPTERS: dict[str, type[BatchAdapter]] = {
     "openai": OpenAIAdapter,

@@ -25,10 +25,9 @@ from urllib.parse import urlsplit
 
 import httpx
 import orjson
-
-from config import ProviderProfile, Settings
-from worker.providers import http
-from worker.providers.base import (
+from batchrelay.config import ProviderProfile, Settings
+from batchrelay.worker.providers import http
+from batchrelay.worker.providers.base import (
     BatchAdapter,
     Claim,
     Outcome,
@@ -36,7 +35,7 @@ from worker.providers.base import (
     ProviderError,
     ReconcilePending,
 )
-from worker.providers.openai_compat import (
+from batchrelay.worker.providers.openai_compat import (
     CLOCK_SKEW_S,
     epoch_s,
     error_payload,

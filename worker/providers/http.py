@@ -14,10 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-
-from config import ProviderProfile
-from worker.providers.base import ProviderError
-from worker.webhooks import parse_retry_after
+from batchrelay.config import ProviderProfile
+from batchrelay.worker.providers.base import ProviderError
+from batchrelay.worker.webhooks import parse_retry_after
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,15 @@ from typing import IO, Any
 
 import httpx
 import orjson
-
-from config import ProviderProfile, Settings
-from worker.providers import http
-from worker.providers.base import BatchAdapter, Claim, Outcome, ProviderBatch, ProviderError
+from batchrelay.config import ProviderProfile, Settings
+from batchrelay.worker.providers import http
+from batchrelay.worker.providers.base import (
+    BatchAdapter,
+    Claim,
+    Outcome,
+    ProviderBatch,
+    ProviderError,
+)
 
 log = logging.getLogger(__name__)
 
