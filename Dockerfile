@@ -11,7 +11,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # .dockerignore keeps the venv, tests, .git and any .env with secrets out of the context.
 WORKDIR /src
 COPY . .
-RUN pip install . \
+RUN pip install ".[all]" \
     && rm -rf /src
 
 # An unprivileged user; its home is the working directory (beat and Flower may write there).
