@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from batchrelay.config.errors import ConfigurationError
+from batchrelay.config.urls import RedisUrl, redacted
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -314,7 +315,7 @@ class Settings(BaseSettings):
         env_prefix="BATCHRELAY_", env_file=".env", extra="ignore", frozen=True
     )
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: RedisUrl = RedisUrl("redis://127.0.0.1:6379/0")
     key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")] = "br"
     queue: Annotated[str, Field(min_length=1)] = "batchrelay"
     providers: list[ProviderProfile] = Field(default_factory=list)
@@ -368,8 +369,8 @@ class Settings(BaseSettings):
 
     @field_validator("redis_url")
     @classmethod
-    def _redis_url(cls, value: str) -> str:
-        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+    def _redis_url(cls, value: RedisUrl) -> RedisUrl:
+        if urlsplit(value.get_secret_value()).scheme not in ("redis", "rediss", "unix"):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
@@ -464,19 +465,40 @@ def _describe(error: ValidationError) -> str:
     return "invalid batchrelay configuration:\n  " + "\n  ".join(lines)
 
 
+# Where pydantic-settings read a value, in the words of the README's Configuration section.
+_SOURCES = {
+    "EnvSettingsSource": "the environment",
+    "DotEnvSettingsSource": ".env",
+    "TomlConfigSettingsSource": "the file named by BATCHRELAY_CONFIG_FILE",
+}
+
+
+def _describe_unparsable(error: SettingsError) -> str:
+    """A value pydantic-settings could not decode as JSON, named as the operator set it."""
+    text = str(error)
+    field = re.search(r'field "(\w+)"', text)
+    source = re.search(r'source "(\w+)"', text)
+    name = f"BATCHRELAY_{field.group(1).upper()}" if field else "settings"
+    where = f" in {_SOURCES.get(source.group(1), 'the settings')}" if source else ""
+    why = f" ({error.__cause__})" if error.__cause__ else ""
+    return f"invalid batchrelay configuration:\n  {name}{where}: not valid JSON{why}"
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Build the settings or raise `ConfigurationError` naming each bad setting."""
+    """Build the settings or raise `ConfigurationError` naming each bad setting.
+
+    Every message is redacted: a URL's password or token never reaches a log or terminal.
+    """
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        raise ConfigurationError(_describe(exc)) from None
+        message = _describe(exc)
     except SettingsError as exc:
-        field = re.search(r'field "(\w+)"', str(exc))
-        name = f"BATCHRELAY_{field.group(1).upper()}" if field else "settings"
-        raise ConfigurationError(
-            f"invalid batchrelay configuration:\n  {name}: not valid JSON ({exc})"
-        ) from None
+        message = _describe_unparsable(exc)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigurationError(
+        message = (
             f"invalid batchrelay configuration:\n  BATCHRELAY_CONFIG_FILE: not valid TOML ({exc})"
-        ) from None
+        )
+    except ConfigurationError as exc:
+        message = str(exc)
+    raise ConfigurationError(redacted(message)) from None

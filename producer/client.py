@@ -241,7 +241,7 @@ class BatchRelay:
     def __init__(self, settings: Settings | None = None, *, client: redis.Redis | None = None):
         self._core = _Core(settings or load_settings())
         self.settings = self._core.settings
-        self.redis = client or redis.Redis.from_url(self.settings.redis_url)
+        self.redis = client or redis.Redis.from_url(self.settings.redis_url.get_secret_value())
         self._script = self.redis.register_script(RELAY_LUA)
 
     @classmethod
@@ -367,7 +367,7 @@ class AsyncBatchRelay:
     def __init__(self, settings: Settings | None = None, *, client: aredis.Redis | None = None):
         self._core = _Core(settings or load_settings())
         self.settings = self._core.settings
-        self.redis = client or aredis.Redis.from_url(self.settings.redis_url)
+        self.redis = client or aredis.Redis.from_url(self.settings.redis_url.get_secret_value())
         self._script = self.redis.register_script(RELAY_LUA)
 
     @classmethod

@@ -1,29 +1,66 @@
-"""RedBeat, made to ride out a Redis restart instead of exiting.
+"""RedBeat, made to wait for Redis instead of exiting, and to keep its password out of sight.
 
 RedBeat keeps the schedule and a lock in Redis, so a second beat is a safe standby. Stock
-RedBeat exits when Redis is briefly unreachable or still loading its AOF; this scheduler
-logs and retries the tick a second later. Losing the lock to another beat still exits
-(two active beats would double every tick).
+RedBeat exits when Redis is unreachable at start, briefly unreachable later, or still
+loading its AOF; this scheduler logs and retries a second later, at start and on every tick.
+Losing the lock to another beat still exits (two active beats would double every tick).
+
+The app's `redbeat_redis_url` is the masked URL (Celery's `inspect conf` and Flower show it
+as is); this scheduler connects with the clear URL from the app's settings.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from types import SimpleNamespace
 from typing import Any
 
+from celery import Celery
 from kombu.exceptions import OperationalError
 from redbeat import RedBeatScheduler
+from redbeat.schedulers import acquire_distributed_beat_lock, ensure_conf
 from redis.exceptions import ConnectionError, TimeoutError
 
 log = logging.getLogger(__name__)
 
 RETRY_S = 1.0
+UNAVAILABLE = (ConnectionError, TimeoutError, OperationalError)
 
 
 class ResilientRedBeatScheduler(RedBeatScheduler):
+    def __init__(self, app: Celery, *args: Any, **kwargs: Any) -> None:
+        settings = app.batchrelay_settings  # type: ignore[attr-defined]
+        self._shown_url = str(settings.redis_url)
+        ensure_conf(app).redis_url = settings.redis_url.get_secret_value()
+        super().__init__(app, *args, **kwargs)
+
+    def setup_schedule(self) -> None:
+        """Store the static schedule, waiting for Redis however long it takes to answer."""
+        while True:
+            try:
+                super().setup_schedule()
+                return
+            except UNAVAILABLE as exc:
+                self._unavailable("cannot load the schedule", exc)
+                time.sleep(RETRY_S)
+
     def tick(self, *args: Any, **kwargs: Any) -> float:
         try:
+            if self.lock_key and self.lock is None:
+                # Redis went away between loading the schedule and taking the lock at start.
+                acquire_distributed_beat_lock(sender=SimpleNamespace(scheduler=self))
             return super().tick(*args, **kwargs)
-        except (ConnectionError, TimeoutError, OperationalError) as exc:
-            log.warning("beat: Redis unavailable (%s: %s); retrying", type(exc).__name__, exc)
+        except UNAVAILABLE as exc:
+            self._unavailable("tick skipped", exc)
             return RETRY_S
+
+    def _unavailable(self, what: str, exc: Exception) -> None:
+        log.warning(
+            "beat: Redis at %s unavailable (%s: %s); %s, retrying in %.0f s",
+            self._shown_url,
+            type(exc).__name__,
+            exc,
+            what,
+            RETRY_S,
+        )

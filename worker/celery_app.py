@@ -17,7 +17,7 @@ TASK_MODULE = "batchrelay.worker.tasks"
 
 def create_app(settings: Settings) -> Celery:
     settings.require_providers()
-    app = Celery("batchrelay", broker=settings.redis_url, include=[TASK_MODULE])
+    app = Celery("batchrelay", broker=settings.redis_url.get_secret_value(), include=[TASK_MODULE])
     vt = settings.visibility_timeout_s
     tick = timedelta(seconds=settings.tick_s)
     expires = {"expires": settings.tick_s * 5}
@@ -46,7 +46,9 @@ def create_app(settings: Settings) -> Celery:
         # A standby beat takes over once the lock expires: five loops, as RedBeat advises.
         beat_max_loop_interval=loop_s,
         beat_scheduler="batchrelay.worker.beat:ResilientRedBeatScheduler",
-        redbeat_redis_url=settings.redis_url,
+        # Shown by `inspect conf` and Flower, which mask broker_url but not this key: the
+        # masked form. ResilientRedBeatScheduler connects with the settings' clear URL.
+        redbeat_redis_url=str(settings.redis_url),
         redbeat_key_prefix=f"{settings.key_prefix}:redbeat",
         redbeat_lock_timeout=loop_s * 5,
         beat_schedule={

@@ -49,7 +49,7 @@ class Relay:
     def __init__(self, settings: Settings, client: redis.Redis | None = None):
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
-        self.redis = client or redis.Redis.from_url(settings.redis_url)
+        self.redis = client or redis.Redis.from_url(settings.redis_url.get_secret_value())
         self.script = self.redis.register_script(RELAY_LUA)
         self._adapters: dict[str, BatchAdapter] = {}
         self._webhooks: httpx.Client | None = None

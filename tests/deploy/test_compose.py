@@ -204,7 +204,7 @@ def test_env_example_loads_and_points_at_the_emulator(monkeypatch, tmp_path):
     (profile,) = settings.providers
     assert profile.base_url == "http://emulator:8089/v1"
     assert profile.api_key.get_secret_value() in EmulatorConfig().api_keys
-    assert settings.redis_url == "redis://redis:6379/0"
+    assert settings.redis_url.get_secret_value() == "redis://redis:6379/0"
     for secret in settings.webhook_secrets:
         _check_webhook_secret(SecretStr(secret.get_secret_value()))
     text = ENV_EXAMPLE.read_text()
