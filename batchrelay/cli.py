@@ -9,7 +9,10 @@ import typer
 
 from batchrelay import demo, ops, run, stack
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+# Typer's rich help (0.29, with its vendored click) gives every flag a value type, so each
+# command listed `--help <bool>` and `--json <bool>`; its plain help, as click's, shows none.
+# Sub-command groups inherit the mode when added with `add_typer`.
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, rich_markup_mode=None)
 
 
 @app.callback()

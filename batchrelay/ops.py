@@ -1,111 +1,214 @@
-"""Operator commands: status, batches, requests, dead letters, flush (rich output)."""
+"""Operator commands: status, batches, requests, dead letters, flush (rich output).
+
+Tables fit 80 columns: ids and figures are never cut (wrap or drop a column instead), so an
+id printed here can be pasted into the next command.
+"""
 
 from __future__ import annotations
 
+import functools
 import time
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import orjson
+import redis
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from batchrelay.config import ConfigurationError, load_settings
+from batchrelay.config import ConfigurationError, Settings, load_settings
 
 console = Console()
-batches_app = typer.Typer(no_args_is_help=True, help="Live provider batches.")
+errors = Console(stderr=True)
+batches_app = typer.Typer(no_args_is_help=True, help="Provider batches.")
 requests_app = typer.Typer(no_args_is_help=True, help="Single requests.")
 dead_app = typer.Typer(no_args_is_help=True, help="Deliveries that were given up.")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: Redis is not there, or refuses us
+EXIT_CONFIG = 78  # EX_CONFIG
+RECENT_BATCHES = 20
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    """Print `message` as one red line on stderr (never read as markup); return the exit."""
+    errors.print(Text(message, style="red"), soft_wrap=True, highlight=False)
+    return typer.Exit(code)
+
+
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """`1 batch`, `2 batches`, `0 deliveries`."""
+    return f"{n:,} {noun if n == 1 else nouns or noun + 's'}"
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigurationError as exc:
+        raise _fail(str(exc), EXIT_CONFIG) from None
+
+
+def _redis_named(settings: Settings) -> str:
+    """Which Redis, password masked, and whether it is only the default."""
+    default = (
+        ""
+        if "redis_url" in settings.model_fields_set
+        else " (default: BATCHRELAY_REDIS_URL is not set)"
+    )
+    return f"{settings.redis_url}{default}"
+
+
+def reads_redis(command: Callable[P, R]) -> Callable[P, R]:
+    """Turn an unreachable or refusing Redis into one line naming it, instead of a traceback."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError) as exc:
+            where = _redis_named(_settings())
+            raise _fail(
+                f"cannot use Redis at {where}: {type(exc).__name__}: {exc}", EXIT_UNAVAILABLE
+            ) from None
+
+    return run
 
 
 def _relay() -> Any:
     from batchrelay.worker.context import Relay
 
-    try:
-        return Relay(load_settings())
-    except ConfigurationError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(78) from None
+    return Relay(_settings())
 
 
 def _dump(data: Any) -> None:
     typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
 
 
-def _status_tables(view: dict[str, Any]) -> list[Table]:
-    groups = Table(title="Pending by group")
-    for col in ("group", "profile", "endpoint", "model", "pending", "oldest (s)", "backoff"):
-        groups.add_column(col)
-    for g in view["groups"]:
-        groups.add_row(
+def _table(title: str) -> Table:
+    return Table(
+        title=title,
+        box=box.SIMPLE_HEAD,
+        title_justify="left",
+        pad_edge=False,
+        collapse_padding=True,
+    )
+
+
+def _id_column(table: Table, name: str, width: int) -> None:
+    """An id column as wide as its longest id and never wrapped: ids are for pasting."""
+    table.add_column(name, no_wrap=True, min_width=width)
+
+
+def _groups_table(groups: list[dict[str, Any]]) -> Table:
+    table = _table("Pending by group")
+    _id_column(table, "group", max((len(g["group"]) for g in groups), default=5))
+    table.add_column("model", no_wrap=True)
+    table.add_column("endpoint", overflow="fold")
+    table.add_column("pending", justify="right", no_wrap=True)
+    table.add_column("oldest", justify="right", no_wrap=True)
+    backoff = any(g["backoff_s"] is not None for g in groups)
+    if backoff:  # a column only while a group is backing off (token limit)
+        table.add_column("backoff", justify="right", no_wrap=True)
+    for g in groups:
+        row = [
             g["group"],
-            g["profile"],
-            g["endpoint"],
             g["model"],
-            str(g["pending"]),
-            "-" if g["oldest_age_s"] is None else f"{g['oldest_age_s']:.0f}",
-            "-" if g["backoff_s"] is None else f"{g['backoff_s']:.0f} s",
-        )
-    batches = Table(title="Live batches")
-    for col in ("batch", "state", "model", "requests", "provider", "status", "counts", "stuck"):
-        batches.add_column(col)
-    for b in view["batches"]:
-        counts = b["counts"] or {}
-        batches.add_row(
-            b["id"],
-            b["state"] or "",
-            b["model"] or "",
-            str(b["requests"]),
-            b["provider_batch_id"] or "-",
-            f"{b['provider_status'] or '-'} ({b['in_status_s']:.0f} s)",
-            " ".join(f"{k}={v}" for k, v in counts.items()) or "-",
-            f"[red]{b['stuck']}[/red]" if b["stuck"] else "",
-        )
-    return [groups, batches]
+            g["endpoint"].removeprefix("/v1/"),
+            f"{g['pending']:,}",
+            "-" if g["oldest_age_s"] is None else f"{g['oldest_age_s']:.0f} s",
+        ]
+        if backoff:
+            row.append("-" if g["backoff_s"] is None else f"{g['backoff_s']:.0f} s")
+        table.add_row(*row)
+    return table
 
 
+def _batches_table(title: str, batches: list[dict[str, Any]]) -> Table:
+    """Batch, state, size and provider status; the provider batch id, model and counts are in
+    `batches show` (the model is in the group table, the group in the batch id)."""
+    table = _table(title)
+    _id_column(table, "batch", max((len(b["id"]) for b in batches), default=5))
+    table.add_column("state", no_wrap=True)
+    table.add_column("requests", justify="right", no_wrap=True)
+    table.add_column("provider status")
+    for b in batches:
+        status = Text(f"{b['provider_status'] or '-'} {b['in_status_s']:.0f} s")
+        if b["stuck"]:
+            status.append(" stuck", style="red")
+        table.add_row(b["id"], b["state"] or "", f"{b['requests']:,}", status)
+    return table
+
+
+def _status_lines(view: dict[str, Any], settings: Settings) -> list[Any]:
+    stuck = sum(1 for b in view["batches"] if b["stuck"])
+    return [
+        f"Redis {_redis_named(settings)}",
+        _groups_table(view["groups"]),
+        _batches_table("Live batches", view["batches"]),
+        f"deliveries due: {view['deliveries_due']:,}   dead letters: {view['dead_letters']:,}   "
+        f"stuck batches: {stuck:,}",
+    ]
+
+
+@reads_redis
 def status(
     watch: Annotated[float, typer.Option(help="Refresh every N seconds (0: once).")] = 0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Pending count and oldest age per group, live batches, stuck batches, dead letters."""
+    """Which Redis; pending count and oldest age per group, live and stuck batches, dead
+    letters."""
     from batchrelay.worker.status import overview
 
     relay = _relay()
     while True:
         view = overview(relay)
         if as_json:
-            _dump(view)
+            _dump({"redis": str(relay.settings.redis_url), **view})
         else:
             if watch:
                 console.clear()
-            for table in _status_tables(view):
-                console.print(table)
-            stuck = sum(1 for b in view["batches"] if b["stuck"])
-            console.print(
-                f"deliveries due: {view['deliveries_due']}   dead letters: "
-                f"{view['dead_letters']}   stuck batches: {stuck}"
-            )
+            for line in _status_lines(view, relay.settings):
+                console.print(line, soft_wrap=isinstance(line, str))
         if not watch:
             return
         time.sleep(watch)
 
 
 @batches_app.command("list")
-def batches_list(as_json: JsonOpt = False) -> None:
-    """Every live batch with its provider status."""
-    from batchrelay.worker.status import overview
+@reads_redis
+def batches_list(
+    as_json: JsonOpt = False,
+    show_all: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help=f"Also the {RECENT_BATCHES} most recently finished batches still on record, "
+            "with their final status (scans Redis' keys).",
+        ),
+    ] = False,
+) -> None:
+    """Every live batch with its provider status (and, with --all, recently finished ones)."""
+    from batchrelay.worker.status import finished_batches, overview
 
-    view = overview(_relay())
+    relay = _relay()
+    live = overview(relay)["batches"]
+    finished = finished_batches(relay, RECENT_BATCHES) if show_all else []
     if as_json:
-        _dump(view["batches"])
-    else:
-        console.print(_status_tables(view)[1])
+        _dump(live + finished)
+        return
+    console.print(_batches_table("Live batches", live))
+    if show_all:
+        console.print(_batches_table("Recently finished batches", finished))
 
 
 @batches_app.command("show")
+@reads_redis
 def batches_show(batch_id: str) -> None:
     """One batch record (live or recently collected)."""
     from batchrelay.worker.status import batch_view
@@ -116,6 +219,7 @@ def batches_show(batch_id: str) -> None:
 
 
 @batches_app.command("cancel")
+@reads_redis
 def batches_cancel(batch_id: str) -> None:
     """Cancel a submitted batch at the provider; its unfinished requests go back to pending."""
     from batchrelay.worker.context import SUBMITTED
@@ -124,24 +228,18 @@ def batches_cancel(batch_id: str) -> None:
     relay = _relay()
     rec = _batch_or_exit(relay, batch_id)
     if not rec.get("pbatch"):
-        console.print(f"[red]batch {batch_id} has no provider batch (state {rec.get('state')})")
-        raise typer.Exit(1)
+        raise _fail(f"batch {batch_id} has no provider batch (state {rec.get('state')})")
     if rec.get("state") != SUBMITTED:
-        console.print(
-            f"[red]batch {batch_id} is {rec.get('state')} (provider status "
-            f"{rec.get('pstatus')}), no longer running at the provider; nothing to cancel[/red]"
+        raise _fail(
+            f"batch {batch_id} is {rec.get('state')} (provider status {rec.get('pstatus')}), "
+            "no longer running at the provider; nothing to cancel"
         )
-        raise typer.Exit(1)
     if rec["profile"] not in {p.name for p in relay.settings.providers}:
-        console.print(
-            f"[red]batch {batch_id} is at profile {rec['profile']!r}, not configured[/red]"
-        )
-        raise typer.Exit(1)
+        raise _fail(f"batch {batch_id} is at profile {rec['profile']!r}, not configured")
     try:
         pb = relay.adapter(rec["profile"]).cancel(rec["pbatch"])
     except ProviderError as exc:
-        console.print(f"[red]{rec['profile']} refused to cancel {rec['pbatch']}: {exc}[/red]")
-        raise typer.Exit(1) from None
+        raise _fail(f"{rec['profile']} refused to cancel {rec['pbatch']}: {exc}") from None
     console.print(f"provider batch {pb.id}: {pb.status}")
 
 
@@ -149,25 +247,24 @@ def _batch_or_exit(relay: Any, batch_id: str) -> dict[str, str]:
     try:
         rec = relay.batch(batch_id)
     except ValueError as exc:
-        console.print(f"[red]no batch {batch_id}: {exc}[/red]")
-        raise typer.Exit(1) from None
+        raise _fail(f"no batch {batch_id}: {exc}") from None
     if not rec:
-        console.print(f"[red]no batch {batch_id} (unknown, or collected and expired)[/red]")
-        raise typer.Exit(1)
+        raise _fail(f"no batch {batch_id} (unknown, or collected and expired)")
     return rec
 
 
 @requests_app.command("show")
+@reads_redis
 def requests_show(request_id: str) -> None:
     """Where one request is, and its result once final."""
     from batchrelay.producer import BatchRelay, RequestNotFoundError
 
-    with BatchRelay(load_settings()) as producer:
+    with BatchRelay(_settings()) as producer:
         try:
             st = producer.status(request_id)
         except RequestNotFoundError as exc:
-            console.print(f"[red]{exc}[/red]")
-            raise typer.Exit(1) from None
+            # A KeyError subclass: str() would quote the message.
+            raise _fail(exc.args[0] if exc.args else f"no request {request_id}") from None
         data: dict[str, Any] = {"status": st.__dict__}
         if st.final:
             data["result"] = producer.result(request_id, timeout=0.1)
@@ -175,6 +272,7 @@ def requests_show(request_id: str) -> None:
 
 
 @dead_app.command("list")
+@reads_redis
 def dead_list(as_json: JsonOpt = False) -> None:
     """Every dead letter with its last error."""
     from batchrelay.worker.delivery import dead_letters
@@ -183,15 +281,17 @@ def dead_list(as_json: JsonOpt = False) -> None:
     if as_json:
         _dump(letters)
         return
-    table = Table(title=f"Dead letters ({len(letters)})")
-    for col in ("request", "attempts", "last error"):
-        table.add_column(col)
+    table = _table(f"Dead letters ({len(letters):,})")
+    _id_column(table, "request", max((len(d["id"]) for d in letters), default=7))
+    table.add_column("attempts", justify="right", no_wrap=True)
+    table.add_column("last error")
     for d in letters:
-        table.add_row(d["id"], str(d["attempts"]), d["last_error"])
+        table.add_row(d["id"], f"{d['attempts']:,}", Text(str(d["last_error"])))
     console.print(table)
 
 
 @dead_app.command("replay")
+@reads_redis
 def dead_replay(
     request_ids: Annotated[list[str] | None, typer.Argument(help="Ids (default: all).")] = None,
 ) -> None:
@@ -199,9 +299,10 @@ def dead_replay(
     from batchrelay.worker.delivery import replay
 
     n = replay(_relay(), request_ids or None)
-    console.print(f"replayed {n} deliveries")
+    console.print(f"replayed {plural(n, 'delivery', 'deliveries')}")
 
 
+@reads_redis
 def flush(
     group: Annotated[str | None, typer.Argument(help="Group tag (default: every group).")] = None,
 ) -> None:
@@ -210,12 +311,9 @@ def flush(
 
     relay = _relay()
     if group is not None and group not in {g.tag for g in relay.groups()}:
-        console.print(
-            f"[red]no group {group!r}: `batchrelay status` lists the groups with their tags[/red]"
-        )
-        raise typer.Exit(1)
+        raise _fail(f"no group {group!r}: `batchrelay status` lists the groups with their tags")
     claimed = flush_groups(relay, {group} if group else None)
-    console.print(f"claimed {len(claimed)} batch(es): {' '.join(claimed) or '-'}")
+    console.print(f"claimed {plural(len(claimed), 'batch', 'batches')}: {' '.join(claimed) or '-'}")
 
 
 def register(app: typer.Typer) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from batchrelay.worker.context import Relay
+from batchrelay.worker.context import DONE, Relay
 
 
 def overview(relay: Relay) -> dict[str, Any]:
@@ -63,3 +63,22 @@ def batch_view(rec: dict[str, str], now: int) -> dict[str, Any]:
         "outcomes": orjson.loads(rec["outcomes"]) if rec.get("outcomes") else None,
         "error": rec.get("error") or None,
     }
+
+
+def finished_batches(relay: Relay, limit: int) -> list[dict[str, Any]]:
+    """The `limit` most recently finished batches still on record (a record is kept
+    `result_retention_s`), newest first, with their final provider status.
+
+    Finished batches have no index, so this scans the keyspace: an operator's occasional
+    look (`batches list --all`), never a worker's path.
+    """
+    pattern = f"{relay.keys.prefix}:{{*}}:batch:*"
+    keys = list(relay.redis.scan_iter(match=pattern, count=1000))
+    pipe = relay.redis.pipeline(transaction=False)
+    for key in keys:
+        pipe.hgetall(key)
+    records = [{k.decode(): v.decode() for k, v in raw.items()} for raw in pipe.execute()]
+    done = [r for r in records if r.get("state") == DONE and "id" in r]
+    done.sort(key=lambda r: int(r.get("collected") or 0), reverse=True)
+    now = relay.now()
+    return [batch_view(r, now) for r in done[:limit]]

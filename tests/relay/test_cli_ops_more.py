@@ -15,9 +15,12 @@ import httpx
 import orjson
 import pytest
 from batchrelay.worker.context import SUBMITTED
+from rich.console import Console
 from typer.testing import CliRunner
 
+from batchrelay import ops
 from batchrelay.cli import app
+from tests._redis import RedisServer, free_port
 from tests.relay.harness import CHAT, EMB, all_final, chat, drive
 from tests.relay.test_cli_ops import cli, live  # noqa: F401  (live: fixture)
 
@@ -254,3 +257,142 @@ def test_status_watch_tables_refresh(live):  # noqa: F811
         code, err = watch.stop()
     assert "Traceback" not in err, err
     assert code == 130, (code, err)
+
+
+# --- Redis unreachable or refusing: one line naming it, never a traceback ------------------
+
+OPS_COMMANDS = [
+    ["status"],
+    ["batches", "list"],
+    ["dead-letters", "list"],
+    ["requests", "show", f"r_{'a' * 12}_{'0' * 26}"],
+]
+
+
+@pytest.fixture
+def bare_env(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("BATCHRELAY_"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+@pytest.mark.parametrize("command", OPS_COMMANDS, ids=" ".join)
+def test_ops_commands_with_redis_down_print_one_line(bare_env, command):
+    port = free_port()  # nothing listens there
+    bare_env.setenv("BATCHRELAY_REDIS_URL", f"redis://:pw-TOPSECRET@127.0.0.1:{port}/0")
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 69, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert f"cannot use Redis at redis://:***@127.0.0.1:{port}/0: ConnectionError" in lines[0]
+    assert "pw-TOPSECRET" not in result.output
+
+
+def test_ops_command_with_a_wrong_redis_password_says_so(bare_env, tmp_path):
+    server = RedisServer(tmp_path, password="right-one")
+    server.start()
+    try:
+        bare_env.setenv("BATCHRELAY_REDIS_URL", f"redis://:wrong-one@127.0.0.1:{server.port}/0")
+        out = cli_fails("status")
+    finally:
+        server.stop()
+    assert f"redis://:***@127.0.0.1:{server.port}/0" in out and "Error" in out, out
+    assert "wrong-one" not in out and "Traceback" not in out
+
+
+def test_status_names_the_redis_it_reads_and_whether_it_is_the_default(live, bare_env):  # noqa: F811
+    # (`live` set BATCHRELAY_*; bare_env ran after it and cleared them: set the URL again.)
+    producer, _, _, _ = live
+    url = producer.settings.redis_url
+    bare_env.setenv("BATCHRELAY_REDIS_URL", url.get_secret_value())
+    assert cli("status").splitlines()[0] == f"Redis {url}"
+    assert orjson.loads(cli("status", "--json"))["redis"] == str(url)
+    # Unset, it is the default, and says so (rendered, not connected: 6379 is not ours).
+    from batchrelay.config import load_settings
+
+    bare_env.delenv("BATCHRELAY_REDIS_URL")
+    assert ops._redis_named(load_settings()) == (
+        "redis://127.0.0.1:6379/0 (default: BATCHRELAY_REDIS_URL is not set)"
+    )
+
+
+# --- 80 columns: ids and figures whole, on one line ------------------------------------------
+
+
+def test_status_and_batches_list_fit_80_columns_with_whole_ids(live, monkeypatch):  # noqa: F811
+    producer, worker, emu, _ = live
+    monkeypatch.setattr(ops, "console", Console(width=80))
+    emu.set_timings(processing_rate_rps=0.2)  # keeps the batch live while we look
+    producer.submit_many(
+        [
+            {"endpoint": CHAT, "body": chat(f"w{i}", model="gpt-4o-mini-2024-07-18")}
+            for i in range(3)
+        ]
+    )
+    producer.submit_many(
+        [
+            {"endpoint": EMB, "body": {"model": "text-embedding-3-small", "input": f"e{i}"}}
+            for i in range(1234)
+        ]
+    )
+    groups = {g["endpoint"]: g for g in orjson.loads(cli("status", "--json"))["groups"]}
+    [bid] = [b for b in cli("flush", groups[CHAT]["group"]).split() if b.startswith("b_")]
+    drive(worker, lambda: worker.batch(bid).get("state") == SUBMITTED, timeout=10)
+
+    for args in (["status"], ["batches", "list"]):
+        out = cli(*args)
+        lines = out.splitlines()
+        assert all(len(line) <= 80 for line in lines), out
+        assert "…" not in out, out
+        assert any(bid in line for line in lines), out  # whole, pasteable
+        assert any("submitted" in line and bid in line for line in lines), out
+    out = cli("status")
+    emb = groups[EMB]
+    [row] = [line for line in out.splitlines() if emb["group"] in line]
+    assert "text-embedding-3-small" in row and "1,234" in row, out
+    assert any("gpt-4o-mini-2024-07-18" in line for line in out.splitlines()), out
+
+
+def test_batches_list_all_shows_recently_finished_batches(live):  # noqa: F811
+    producer, worker, _, _ = live
+    ids = producer.submit_many([{"endpoint": CHAT, "body": chat(f"d{i}")} for i in range(2)])
+    [bid] = [b for b in cli("flush").split() if b.startswith("b_")]
+    drive(worker, all_final(producer, ids))
+    assert orjson.loads(cli("batches", "list", "--json")) == []  # nothing live any more
+    [done] = orjson.loads(cli("batches", "list", "--all", "--json"))
+    assert (done["id"], done["state"], done["provider_status"]) == (bid, "done", "completed")
+    out = cli("batches", "list", "--all")
+    assert "Recently finished batches" in out
+    assert any(bid in line and "completed" in line for line in out.splitlines()), out
+
+
+# --- small ones --------------------------------------------------------------------------------
+
+
+def test_requests_show_unknown_prints_the_message_not_a_repr(live):  # noqa: F811
+    producer, _, _, _ = live
+    rid = producer.submit(CHAT, chat("x"))
+    unknown = rid[:-5] + "zzzzz"
+    out = cli_fails("requests", "show", unknown).strip()
+    assert unknown in out and not out.startswith(("'", '"')), out
+
+
+def test_counts_are_pluralised(live):  # noqa: F811
+    producer, _, _, _ = live
+    producer.submit(CHAT, chat("one"))
+    assert "claimed 1 batch: b_" in cli("flush")
+    assert "claimed 0 batches: -" in cli("flush")
+    assert "replayed 0 deliveries" in cli("dead-letters", "replay")
+    assert [ops.plural(n, "request") for n in (0, 1, 1234)] == [
+        "0 requests",
+        "1 request",
+        "1,234 requests",
+    ]
+
+
+@pytest.mark.parametrize("command", [[], ["status"], ["batches", "list"], ["run"], ["dev"]])
+def test_help_shows_no_value_type_for_flags(command):
+    out = CliRunner().invoke(app, [*command, "--help"]).output
+    assert "--help" in out and "<bool>" not in out, out
