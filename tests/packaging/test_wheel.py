@@ -191,6 +191,8 @@ def test_core_install_submits_beside_the_apps_own_modules(venv: Venv, redis_url:
         ("emulator", "emulator"),
         ("status", "worker"),
         ("flush", "worker"),
+        ("batches list", "worker"),
+        ("dead-letters list", "worker"),
         ("dev", "worker,emulator"),
         ("demo", "worker,emulator"),
     ],
@@ -198,7 +200,7 @@ def test_core_install_submits_beside_the_apps_own_modules(venv: Venv, redis_url:
 def test_core_cli_names_the_missing_extra(
     venv: Venv, redis_url: str, command: str, extras: str
 ) -> None:
-    proc = venv.run(venv.bin("batchrelay"), command, redis_url=redis_url, check=False)
+    proc = venv.run(venv.bin("batchrelay"), *command.split(), redis_url=redis_url, check=False)
     assert proc.returncode == 1
     assert proc.stdout == ""
     (line,) = proc.stderr.splitlines()
