@@ -230,6 +230,7 @@ def test_worker_extra_loads_the_celery_app_from_the_app_directory(
     assert "batchrelay.aggregate" in report["tasks"]
     assert report["include"] == ["batchrelay.worker.tasks"]
 
+    # `report` loads the app without contacting the broker.
     celery = venv.run(venv.bin("celery"), "-A", "batchrelay.worker", "report", redis_url=redis_url)
     assert "include: ['batchrelay.worker.tasks']" in celery.stdout
     assert SECRET_KEY not in celery.stdout + celery.stderr
