@@ -1,11 +1,11 @@
 """Callbacks a web app attaches to a request, and the check that a webhook URL is safe to call.
 
-A webhook URL comes from an app, and the worker that calls it sits inside our network, so a
-careless or hostile URL could make batchrelay POST to Redis, a cloud metadata endpoint or an
-admin panel (SSRF). `check_webhook_url` refuses such URLs at the door (promise 9) and again at
-delivery time, because DNS may have changed in between. It parses with httpx's URL parser, the
-same one the worker sends with, so the check and the request cannot disagree about the host.
-DNS answers are cached for `RESOLUTION_TTL_S` so a burst of submits to one URL costs one lookup.
+A webhook URL comes from an app, and the worker that calls it sits inside our network, so a careless
+or hostile URL could make batchrelay POST to Redis, a cloud metadata endpoint or an admin panel
+(SSRF). `check_webhook_url` refuses such URLs at the door (docs/architecture.md, promise 9) and
+again at delivery time, because DNS may have changed in between. It parses with httpx's URL parser,
+the same one the worker sends with, so the check and the request cannot disagree about the host. DNS
+answers are cached for `RESOLUTION_TTL_S` so a burst of submits to one URL costs one lookup.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Checking and routing one request at the door, before anything touches Redis.
 
-Whatever a provider would reject for sure is refused here with an exception that says what
-and why (promise 9); a request that passes is routed to its group and encoded once.
+Whatever a provider would reject for sure is refused here with an exception that says what and why
+(docs/architecture.md, promise 9); a request that passes is routed to its group and encoded once.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@
 -- with respect to submit(), cancel() and the other commands; a crash never leaves half of one.
 --
 -- Request states: pending -> in_batch -> succeeded | failed, and pending -> cancelled.
--- A request is in the pending zset exactly when its state is pending (promise 1), and in at
--- most one batch, named by its `batch` field (promise 2).
+-- A request is in the pending zset exactly when its state is pending, and in at most one batch,
+-- named by its `batch` field (docs/architecture.md, promises 1 and 2).
 
 local cmd = ARGV[1]
 

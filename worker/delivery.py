@@ -1,9 +1,9 @@
 """Delivering final results to their callbacks, at least once, with the request id as key.
 
-Due deliveries are members of the group's `deliver` zset scored by due time (promise 6): beat
-leases the due ones in chunks and a worker sends each chunk. A failed attempt is rescheduled
-on the retry schedule (or the receiver's Retry-After if longer); 410, an abort header or an
-exhausted schedule moves the request to the group's dead letters, which can be replayed.
+Due deliveries are members of the group's `deliver` zset scored by due time (docs/architecture.md,
+promise 6): beat leases the due ones in chunks and a worker sends each chunk. A failed attempt is
+rescheduled on the retry schedule (or the receiver's Retry-After if longer); 410, an abort header or
+an exhausted schedule moves the request to the group's dead letters, which can be replayed.
 """
 
 from __future__ import annotations

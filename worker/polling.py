@@ -1,4 +1,5 @@
-"""Polling submitted batches, each on its own next-poll time (a due-time in Redis, promise 6).
+"""Polling submitted batches, each on its own next-poll time (a due-time in Redis,
+docs/architecture.md promise 6).
 
 The interval grows while a batch's status stays the same and resets when it changes. A batch
 that sits in one status too long is reported (log line, `stuck` on its record), never dropped.

@@ -1,7 +1,7 @@
 """Applying provider outcomes to requests, in chunks, through the `settle` Lua command.
 
 A line for a request that is not (any more) in the batch is ignored by the script, so any
-step here may be repeated after a crash without double effects (promise 3).
+step here may be repeated after a crash without double effects (docs/architecture.md, promise 3).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Turning a claimed batch into a provider batch, at most once (promise 4).
+"""Turning a claimed batch into a provider batch, at most once (docs/architecture.md, promise 4).
 
 A batch first gets a place: a slot and enqueued tokens at its profile, or at the first of the
 group's fallbacks with room (see `capacity`); with none, it waits and is tried again. Every

@@ -1,10 +1,10 @@
 """Finding batches that need a worker: due polls, and work a killed process left half done.
 
 Every live batch sits in its group's `inflight` zset, scored by when it next needs attention.
-Handing one out pushes its score one lease ahead; the handler sets the real next time. So a
-batch whose handler died is simply due again one lease later (promise 3), with no countdowns.
-The sweep also gives back profile slots and tokens that a killed process left reserved, and
-forgets provider batch ids whose batch records have expired.
+Handing one out pushes its score one lease ahead; the handler sets the real next time. So a batch
+whose handler died is simply due again one lease later (docs/architecture.md, promise 3), with no
+countdowns. The sweep also gives back profile slots and tokens that a killed process left reserved,
+and forgets provider batch ids whose batch records have expired.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Thin Celery tasks: each runs one plain function of the pipeline with ids as arguments.
 
-Nothing waits in a countdown (promise 6): a task that fails leaves its batch or delivery on
-its due-time schedule in Redis, and the next beat tick after the lease hands it out again.
+Nothing waits in a countdown (docs/architecture.md, promise 6): a task that fails leaves its batch
+or delivery on its due-time schedule in Redis, and the next beat tick after the lease hands it out
+again.
 """
 
 from __future__ import annotations

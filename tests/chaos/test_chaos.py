@@ -1,4 +1,4 @@
-"""Chaos end to end: the promises of DESIGN.md under fire, with one line of figures.
+"""Chaos end to end: the promises of docs/architecture.md under fire, with one line of figures.
 
 While requests flow, the test SIGKILLs random worker pool processes and whole workers and
 restarts them, kills and restarts beat, and restarts Redis (AOF on). The emulator injects

@@ -1,6 +1,6 @@
 """API keys and webhook secrets never appear in logs, Redis records or Celery task arguments
-(promise 10): a real worker and beat run at DEBUG while every Redis value, including the
-broker's queued and unacked task messages, is scanned for them."""
+(docs/architecture.md, promise 10): a real worker and beat run at DEBUG while every Redis value,
+including the broker's queued and unacked task messages, is scanned for them."""
 
 from __future__ import annotations
 

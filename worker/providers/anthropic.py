@@ -1,18 +1,18 @@
 """Anthropic-style Message Batches over httpx: Anthropic itself, and resellers that serve the
 same API at another path (e.g. `/v1/batches`) for models of any vendor.
 
-Requests travel inline in the create call, so nothing is uploaded: `write_input` streams the
-JSON body `{"requests":[{"custom_id":…,"params":<body>},…]}` to the spool file and `create`
-streams that file as the request body (promise 8). Results are JSONL at `results_url`.
+Requests travel inline in the create call, so nothing is uploaded: `write_input` streams the JSON
+body `{"requests":[{"custom_id":…,"params":<body>},…]}` to the spool file and `create` streams that
+file as the request body (docs/architecture.md, promise 8). Results are JSONL at `results_url`.
 
-Reconciling (promise 4). A message batch carries no metadata, so our batch id cannot travel
-with it, and the API shows which requests a batch holds only once it has ended (in its
-results). `find` lists the batches created since the claim's first create attempt (less
-clock skew) that hold as many requests as the claim sent and that no other claim recorded.
-An ended one is ours exactly when its first result line names one of our requests (request
-ids are unique and in one live batch at most). One still running cannot be told apart yet:
-the claim waits (ReconcilePending) rather than pay twice, and decides once it has ended.
-Only a create whose answer was lost leaves such a batch, so the wait is rare.
+Reconciling (docs/architecture.md, promise 4). A message batch carries no metadata, so our batch
+id cannot travel with it, and the API shows which requests a batch holds only once it has ended
+(in its results). `find` lists the batches created since the claim's first create attempt (less
+clock skew) that hold as many requests as the claim sent and that no other claim recorded. An
+ended one is ours exactly when its first result line names one of our requests (request ids are
+unique and in one live batch at most). One still running cannot be told apart yet: the claim
+waits (ReconcilePending) rather than pay twice, and decides once it has ended. Only a create
+whose answer was lost leaves such a batch, so the wait is rare.
 """
 
 from __future__ import annotations

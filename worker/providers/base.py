@@ -49,7 +49,8 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Claim:
-    """What reconciliation may know about one claimed batch (promise 4, no double spend).
+    """What reconciliation may know about one claimed batch (docs/architecture.md, promise 4: no
+    double spend).
 
     `owns` says whether a custom_id is one of this claim's requests (request ids are unique,
     and a request is in one live batch at most, so one id identifies the claim); `recorded`
