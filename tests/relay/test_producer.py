@@ -214,12 +214,15 @@ def test_async_client(redis_url):
     asyncio.run(run())
 
 
-def test_producer_never_imports_celery(redis_url):
+def test_producer_never_imports_celery(tmp_path):
     import subprocess
     import sys
 
-    code = "import producer, sys; assert 'celery' not in sys.modules, 'celery imported'"
-    subprocess.run([sys.executable, "-c", code], check=True)
+    code = (
+        "import batchrelay, batchrelay.producer, sys; "
+        "assert 'celery' not in sys.modules, 'celery imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
 
 
 def test_redis_password_url(tmp_path):
