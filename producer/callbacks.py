@@ -26,6 +26,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_URL_LENGTH = 2048
+MAX_PORT = 65535
 RESOLUTION_TTL_S = 60.0
 # Failed lookups are cached too (a typo submitted 10,000 times is one lookup), but briefly.
 NEGATIVE_TTL_S = 10.0
@@ -370,9 +371,16 @@ def _check_address(ip: IPAddress, policy: WebhookPolicy, described: str) -> None
     if reason is not None and not policy.allows_address(ip):
         raise errors.InvalidCallbackError(
             f"webhook URL host {described} is not a public address ({reason}); batchrelay "
-            "does not call internal networks unless WebhookPolicy.allow_hosts or allow_private "
-            "permits it"
+            "does not call internal networks unless BATCHRELAY_WEBHOOK_ALLOW_HOSTS names the host "
+            "or BATCHRELAY_WEBHOOK_ALLOW_PRIVATE is true"
         )
+
+
+def check_webhook_port(port: int | None) -> None:
+    """Refuse a port no TCP connection can use: the socket layer would wrap 120539 to 55003,
+    reaching a port the URL check never saw. None is the scheme's default port."""
+    if port is not None and not 1 <= port <= MAX_PORT:
+        raise errors.InvalidCallbackError(f"webhook URL port {port} is outside 1-{MAX_PORT}")
 
 
 # -- checks ---------------------------------------------------------------------------------
@@ -417,8 +425,7 @@ def check_webhook_url(
         )
     if not host:
         raise errors.InvalidCallbackError("webhook URL has no host")
-    if port == 0:
-        raise errors.InvalidCallbackError("webhook URL port 0 is not valid")
+    check_webhook_port(port)
     if resolve:
         resolve_webhook_host(host, policy, fresh=resolve_fresh)
         return

@@ -16,6 +16,7 @@ import base64
 import contextlib
 import contextvars
 import email.utils
+import logging
 import secrets as _secrets
 import ssl
 import time
@@ -28,7 +29,12 @@ import httpcore
 import httpx
 import standardwebhooks
 from batchrelay.producer import errors
-from batchrelay.producer.callbacks import WebhookPolicy, check_webhook_url, resolve_webhook_host
+from batchrelay.producer.callbacks import (
+    WebhookPolicy,
+    check_webhook_port,
+    check_webhook_url,
+    resolve_webhook_host,
+)
 from pydantic import SecretStr
 
 USER_AGENT = "batchrelay-webhooks/1"
@@ -380,6 +386,7 @@ class _GuardedBackend(httpcore.NetworkBackend):
     ) -> httpcore.NetworkStream:
         policy = _policy.get() or _STRICT
         try:
+            check_webhook_port(port)
             addresses = resolve_webhook_host(host, policy)
         except errors.InvalidCallbackError as exc:
             raise httpcore.ConnectError(f"blocked: {exc}") from None
@@ -432,6 +439,23 @@ class _GuardedTransport(httpx.HTTPTransport):
         )
 
 
+class _PathOnlyURLs(logging.Filter):
+    """Cuts httpx's per-request log line ("HTTP Request: POST <url> ...", INFO) to scheme, host
+    and path while a webhook attempt runs: a callback URL's query may carry the receiver's
+    token, and INFO is the level the workers run at."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _policy.get() is not None and isinstance(record.args, tuple):
+            record.args = tuple(
+                a.copy_with(query=None, fragment=None) if isinstance(a, httpx.URL) else a
+                for a in record.args
+            )
+        return True
+
+
+_URL_FILTER = _PathOnlyURLs()
+
+
 def make_webhook_client(
     *,
     proxy: str | None = None,
@@ -447,7 +471,9 @@ def make_webhook_client(
       egress proxy (e.g. stripe/smokescreen, which filters internal IPs itself) pass `proxy`;
       the pre-send URL check still applies, the connect-time check is then the proxy's job.
     - Used outside `send_webhook`, the connect-time guard applies the strict default policy.
+    - httpx's request log line shows a webhook's URL without its query (`_PathOnlyURLs`).
     """
+    logging.getLogger("httpx").addFilter(_URL_FILTER)  # a no-op when already added
     limits = httpx.Limits(
         max_connections=max_connections,
         max_keepalive_connections=min(20, max_connections),

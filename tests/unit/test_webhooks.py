@@ -269,6 +269,19 @@ def test_blocked_url_at_send_time(client: httpx.Client, webhook_receiver: Webhoo
     assert webhook_receiver.received == []
 
 
+def test_port_past_65535_is_refused_at_send_time(
+    client: httpx.Client, webhook_receiver: WebhookReceiver
+) -> None:
+    # A record stored before submit refused such ports must not wrap to the receiver's port.
+    wrapped = webhook_receiver.port + 65536
+    attempt = send(client, f"http://127.0.0.1:{wrapped}/hook")
+    assert not attempt.ok and attempt.status is None
+    assert attempt.error.startswith("blocked: ") and f"port {wrapped} is outside" in attempt.error
+    with pytest.raises(httpx.ConnectError, match=f"^blocked: .*port {wrapped}"):
+        client.post(f"http://127.0.0.1:{wrapped}/", content=b"{}")
+    assert webhook_receiver.received == []
+
+
 def test_client_checks_addresses_at_connect_time(
     client: httpx.Client, webhook_receiver: WebhookReceiver
 ) -> None:
