@@ -7,7 +7,6 @@ configuration it cannot honour refuses to start instead of failing at 3 a.m.
 
 from __future__ import annotations
 
-import base64
 import fnmatch
 import os
 import re
@@ -17,6 +16,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from batchrelay.config.errors import ConfigurationError
+from batchrelay.config.webhook_secrets import webhook_secret_key
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -282,15 +282,10 @@ class ProviderProfile(BaseModel):
 
 
 def _check_webhook_secret(value: SecretStr) -> SecretStr:
-    raw = value.get_secret_value()
-    if not raw.startswith("whsec_"):
-        raise ValueError("webhook secrets must start with 'whsec_' (Standard Webhooks format)")
     try:
-        key = base64.b64decode(raw.removeprefix("whsec_"), validate=True)
-    except ValueError:
-        raise ValueError("webhook secret after 'whsec_' must be base64") from None
-    if not 24 <= len(key) <= 64:
-        raise ValueError(f"webhook secret must decode to 24-64 bytes, got {len(key)}")
+        webhook_secret_key(value.get_secret_value())
+    except ValueError as exc:
+        raise ValueError(f"webhook secret {exc}") from None
     return value
 
 

@@ -12,12 +12,10 @@ that flips between the check and the connect (DNS rebinding) cannot reach an int
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import contextvars
 import email.utils
 import logging
-import secrets as _secrets
 import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -28,6 +26,7 @@ from typing import Any
 import httpcore
 import httpx
 import standardwebhooks
+from batchrelay.config.webhook_secrets import webhook_secret_key
 from batchrelay.producer import errors
 from batchrelay.producer.callbacks import (
     WebhookPolicy,
@@ -40,9 +39,6 @@ from pydantic import SecretStr
 USER_AGENT = "batchrelay-webhooks/1"
 # What is kept of a receiver's answer: enough for a dead-letter note, never a memory risk.
 RESPONSE_PREFIX_BYTES = 1024
-SECRET_PREFIX = "whsec_"
-MIN_SECRET_BYTES = 24
-MAX_SECRET_BYTES = 64
 
 WebhookSecret = str | SecretStr
 
@@ -64,36 +60,14 @@ class DeliveryAttempt:
 # -- signing --------------------------------------------------------------------------------
 
 
-def generate_webhook_secret(nbytes: int = 32) -> str:
-    """A fresh Standard Webhooks secret: `whsec_` + base64 of `nbytes` random bytes."""
-    if not MIN_SECRET_BYTES <= nbytes <= MAX_SECRET_BYTES:
-        raise ValueError(f"nbytes must be {MIN_SECRET_BYTES}-{MAX_SECRET_BYTES}")
-    return SECRET_PREFIX + base64.b64encode(_secrets.token_bytes(nbytes)).decode("ascii")
-
-
 def _signer(secret: WebhookSecret, index: int) -> standardwebhooks.Webhook:
-    """A standardwebhooks signer, after checking the secret's shape (the message never shows it).
-
-    The library decodes base64 leniently (it drops invalid characters), so a mangled secret
-    would sign with a different key and every receiver would reject us; refuse it instead.
-    """
+    """A standardwebhooks signer, after checking the secret's format (the message never shows
+    it): the library would sign with a leniently decoded, wrong key."""
     raw = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
-    if not isinstance(raw, str) or not raw.startswith(SECRET_PREFIX):
-        raise errors.ConfigurationError(
-            f"webhook secret #{index + 1} must be a string starting with {SECRET_PREFIX!r}"
-        )
     try:
-        key = base64.b64decode(raw.removeprefix(SECRET_PREFIX), validate=True)
-    except ValueError:
-        raise errors.ConfigurationError(
-            f"webhook secret #{index + 1} is not valid base64 after {SECRET_PREFIX!r}"
-        ) from None
-    if not MIN_SECRET_BYTES <= len(key) <= MAX_SECRET_BYTES:
-        raise errors.ConfigurationError(
-            f"webhook secret #{index + 1} must decode to {MIN_SECRET_BYTES}-{MAX_SECRET_BYTES} "
-            f"bytes, got {len(key)}"
-        )
-    return standardwebhooks.Webhook(key)
+        return standardwebhooks.Webhook(webhook_secret_key(raw))
+    except ValueError as exc:
+        raise errors.ConfigurationError(f"webhook secret #{index + 1} {exc}") from None
 
 
 def sign_webhook(msg_id: str, timestamp: int, body: bytes, secrets: Sequence[WebhookSecret]) -> str:
