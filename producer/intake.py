@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 from batchrelay.config import ProviderProfile, Settings
+from batchrelay.config.kinds import MESSAGES_ENDPOINT
 from batchrelay.producer import errors
 from batchrelay.producer.callbacks import CeleryTask, Webhook, WebhookPolicy, validate_callback
 from batchrelay.producer.keys import body_hash, group_tag
@@ -23,7 +24,7 @@ MAX_IDEMPOTENCY_KEY = 255
 LINE_OVERHEAD = 50 + 41
 # Anthropic-style batches wrap a body as {"custom_id":"<41>","params":<body>}, plus a comma:
 # fewer bytes than LINE_OVERHEAD + the endpoint, so `line_bytes` also bounds the create body.
-MESSAGES = "/v1/messages"
+MESSAGES = MESSAGES_ENDPOINT
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 from batchrelay.config import ProviderProfile, Settings
+from batchrelay.config.kinds import ANTHROPIC
 from batchrelay.worker.providers import http
 from batchrelay.worker.providers.base import (
     BatchAdapter,
@@ -128,7 +129,7 @@ def parse_result_line(line: bytes) -> Outcome | None:
 
 
 class AnthropicAdapter(BatchAdapter):
-    uploads_files = False
+    kind = ANTHROPIC
 
     def __init__(self, profile: ProviderProfile, settings: Settings):
         assert profile.batches_path and profile.anthropic_version

@@ -19,6 +19,7 @@ from typing import IO, Any
 import httpx
 import orjson
 from batchrelay.config import ProviderProfile, Settings
+from batchrelay.config.kinds import AZURE, OPENAI
 from batchrelay.worker.providers import http
 from batchrelay.worker.providers.base import (
     BatchAdapter,
@@ -121,6 +122,8 @@ def parse_result_line(line: bytes) -> Outcome | None:
 
 
 class OpenAIAdapter(BatchAdapter):
+    kind = OPENAI
+
     def __init__(self, profile: ProviderProfile, settings: Settings):
         self.profile = profile
         self.max_retries = settings.http_max_retries
@@ -244,6 +247,8 @@ class AzureAdapter(OpenAIAdapter):
     """Azure OpenAI: `{base_url}/openai/v1/...`, or `{base_url}/openai/...?api-version=` when
     the profile names an `api_version` (the legacy API, whose create examples name the
     endpoint without `/v1`)."""
+
+    kind = AZURE
 
     def _client(self, timeout_s: float) -> httpx.Client:
         version = self.profile.api_version
