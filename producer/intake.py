@@ -15,7 +15,13 @@ import orjson
 from batchrelay.config import ProviderProfile, Settings
 from batchrelay.config.kinds import MESSAGES_ENDPOINT
 from batchrelay.producer import errors
-from batchrelay.producer.callbacks import CeleryTask, Webhook, WebhookPolicy, validate_callback
+from batchrelay.producer.callbacks import (
+    CeleryTask,
+    Webhook,
+    WebhookPolicy,
+    callback_json,
+    validate_callback,
+)
 from batchrelay.producer.keys import body_hash, group_tag
 
 MAX_METADATA_BYTES = 16 * 1024
@@ -164,8 +170,6 @@ class Intake:
                 f"tokens than the budget (enqueued_token_budget) for {model!r} at "
                 f"{profile.name!r} and its fallbacks; it could never be sent"
             )
-        validate_callback(callback, self.policy)
-        callback_json = orjson.dumps(callback.to_record()) if callback is not None else b""
         return Prepared(
             tag=tag,
             profile=profile.name,
@@ -173,7 +177,7 @@ class Intake:
             model=model,
             body_json=body_json,
             line_bytes=line_bytes,
-            callback_json=callback_json,
+            callback_json=callback_json(validate_callback(callback, self.policy)),
             metadata_json=_metadata_json(metadata),
             idempotency_key=_idempotency_key(idempotency_key),
         )

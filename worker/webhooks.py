@@ -19,7 +19,6 @@ import logging
 import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +33,7 @@ from batchrelay.producer.callbacks import (
     check_webhook_url,
     resolve_webhook_host,
 )
+from batchrelay.worker.attempt import DeliveryAttempt
 from pydantic import SecretStr
 
 USER_AGENT = "batchrelay-webhooks/1"
@@ -41,20 +41,6 @@ USER_AGENT = "batchrelay-webhooks/1"
 RESPONSE_PREFIX_BYTES = 1024
 
 WebhookSecret = str | SecretStr
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryAttempt:
-    """The outcome of one POST. `gone` (410) and `abort` (receiver asked) mean: stop retrying."""
-
-    ok: bool
-    status: int | None
-    retry_after: float | None
-    gone: bool
-    abort: bool
-    error: str
-    duration_s: float
-    response_excerpt: str = ""
 
 
 # -- signing --------------------------------------------------------------------------------
@@ -179,15 +165,7 @@ def send_webhook(
     headers = webhook_headers(msg_id, body, secrets, timestamp=int(now()))
 
     def failed(error: str) -> DeliveryAttempt:
-        return DeliveryAttempt(
-            ok=False,
-            status=None,
-            retry_after=None,
-            gone=False,
-            abort=False,
-            error=error,
-            duration_s=time.monotonic() - started,
-        )
+        return DeliveryAttempt(ok=False, error=error, duration_s=time.monotonic() - started)
 
     try:
         check_webhook_url(url, policy, resolve=True, resolve_fresh=True)
@@ -213,21 +191,24 @@ def send_webhook(
         return failed(f"connection failed: {type(exc).__name__}")
 
     status = response.status_code
-    ok = 200 <= status < 300
-    if ok:
-        error = ""
-    elif 300 <= status < 400:
-        error = f"redirect {status} not followed"
-    else:
-        error = f"HTTP {status}"
-    delivery_header = response.headers.get("webhook-delivery", "").strip().lower()
+    if 200 <= status < 300:
+        return DeliveryAttempt(
+            ok=True,
+            status=status,
+            duration_s=time.monotonic() - started,
+            response_excerpt=excerpt,
+        )
+    error = f"redirect {status} not followed" if 300 <= status < 400 else f"HTTP {status}"
+    # 410 Gone, or the receiver's abort header, ends the retries (Standard Webhooks).
+    abort = response.headers.get("webhook-delivery", "").strip().lower() == "abort-message"
+    if abort:
+        error += ", receiver asked to stop (webhook-delivery: abort-message)"
     return DeliveryAttempt(
-        ok=ok,
-        status=status,
-        retry_after=None if ok else parse_retry_after(response.headers.get("retry-after"), now()),
-        gone=status == 410,
-        abort=not ok and delivery_header == "abort-message",
+        ok=False,
         error=error,
+        final=status == 410 or abort,
+        retry_after=parse_retry_after(response.headers.get("retry-after"), now()),
+        status=status,
         duration_s=time.monotonic() - started,
         response_excerpt=excerpt,
     )

@@ -19,6 +19,7 @@ from batchrelay.producer.callbacks import (
     address_block_reason,
     callback_from_record,
     check_webhook_url,
+    resolution,
     validate_callback,
 )
 from batchrelay.producer.errors import ConfigurationError, InvalidCallbackError
@@ -202,8 +203,8 @@ def test_failed_lookups_are_cached_briefly(lookups: list[str]) -> None:
 
 def test_cache_entries_expire(monkeypatch: pytest.MonkeyPatch, lookups: list[str]) -> None:
     now = [1000.0]
-    cache = callbacks._ResolutionCache(ttl=60.0, negative_ttl=5.0, clock=lambda: now[0])
-    monkeypatch.setattr(callbacks, "_cache", cache)
+    cache = resolution._ResolutionCache(ttl=60.0, negative_ttl=5.0, clock=lambda: now[0])
+    monkeypatch.setattr(resolution, "_cache", cache)
     policy = WebhookPolicy(allow_private=True)
     check_webhook_url("http://localhost/", policy)
     now[0] += 59.0
@@ -215,7 +216,7 @@ def test_cache_entries_expire(monkeypatch: pytest.MonkeyPatch, lookups: list[str
 
 
 def test_cache_stays_bounded() -> None:
-    cache = callbacks._ResolutionCache(max_entries=10)
+    cache = resolution._ResolutionCache(max_entries=10)
     for i in range(100):
         cache.put(f"h{i}.example", (ipaddress.ip_address("93.184.216.34"),))
     assert len(cache._entries) <= 10

@@ -70,7 +70,7 @@ def test_delivery_is_signed_and_verifies(
         now=lambda: frozen,
     )  # fmt: skip
     assert attempt.ok and attempt.status == 200 and attempt.error == ""
-    assert attempt.retry_after is None and not attempt.gone and not attempt.abort
+    assert attempt.retry_after is None and not attempt.final
     assert attempt.response_excerpt == "ok"
     [d] = webhook_receiver.received
     assert d.path == "/hook" and d.body == BODY
@@ -160,7 +160,7 @@ def test_server_error_is_retryable(client: httpx.Client, webhook_receiver: Webho
     webhook_receiver.status_for = lambda _id: 500
     attempt = send(client, webhook_receiver.url)
     assert not attempt.ok and attempt.status == 500 and attempt.error == "HTTP 500"
-    assert not attempt.gone and not attempt.abort and attempt.retry_after is None
+    assert not attempt.final and attempt.retry_after is None
     assert SECRET not in repr(attempt)
 
 
@@ -202,7 +202,8 @@ def test_parse_retry_after(value: str | None, expected: float | None) -> None:
 def test_410_means_gone(client: httpx.Client, webhook_receiver: WebhookReceiver) -> None:
     webhook_receiver.status_for = lambda _id: 410
     attempt = send(client, webhook_receiver.url)
-    assert not attempt.ok and attempt.gone and attempt.status == 410 and attempt.error == "HTTP 410"
+    assert not attempt.ok and attempt.final and attempt.status == 410
+    assert attempt.error == "HTTP 410"
 
 
 def test_receiver_can_abort_retries(
@@ -211,7 +212,8 @@ def test_receiver_can_abort_retries(
     webhook_receiver.status_for = lambda _id: 400
     webhook_receiver.headers_for = lambda _id: {"webhook-delivery": "abort-message"}
     attempt = send(client, webhook_receiver.url)
-    assert not attempt.ok and attempt.abort and not attempt.gone and attempt.status == 400
+    assert not attempt.ok and attempt.final and attempt.status == 400
+    assert attempt.error == "HTTP 400, receiver asked to stop (webhook-delivery: abort-message)"
 
 
 def test_redirect_is_a_failure_and_not_followed(
@@ -261,7 +263,7 @@ def test_huge_response_is_not_read(client: httpx.Client, webhook_receiver: Webho
 
 def test_blocked_url_at_send_time(client: httpx.Client, webhook_receiver: WebhookReceiver) -> None:
     attempt = send(client, webhook_receiver.url + "/hook?token=s3cr3t", policy=WebhookPolicy())
-    assert not attempt.ok and not attempt.gone and attempt.status is None
+    assert not attempt.ok and not attempt.final and attempt.status is None
     assert attempt.error.startswith("blocked: ") and "(loopback)" in attempt.error
     assert "s3cr3t" not in attempt.error
     for url in ("http://169.254.169.254/latest/meta-data/", "http://[::1]:1/", "ftp://x/"):
