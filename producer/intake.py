@@ -112,10 +112,7 @@ class Intake:
     def __init__(self, settings: Settings):
         self.router = Router(settings)
         self._routes: dict[tuple[str, str], tuple[ProviderProfile, str, float]] = {}
-        self.policy = WebhookPolicy(
-            allow_private=settings.webhook_allow_private,
-            allow_hosts=tuple(settings.webhook_allow_hosts),
-        )
+        self.policy = WebhookPolicy.from_settings(settings)
 
     def prepare(
         self,

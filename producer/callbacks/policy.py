@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import httpx
 from batchrelay.producer import errors
 from batchrelay.producer.callbacks.addresses import IPAddress, IPNetwork
+
+if TYPE_CHECKING:
+    from batchrelay.config import Settings
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,15 @@ class WebhookPolicy:
         object.__setattr__(self, "allow_hosts", hosts)
         object.__setattr__(self, "_names", frozenset(names))
         object.__setattr__(self, "_networks", tuple(networks))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WebhookPolicy:
+        """The policy BATCHRELAY_WEBHOOK_ALLOW_PRIVATE / _ALLOW_HOSTS configure; the same at
+        submit and at delivery."""
+        return cls(
+            allow_private=settings.webhook_allow_private,
+            allow_hosts=tuple(settings.webhook_allow_hosts),
+        )
 
     def allows_name(self, host: str) -> bool:
         """True when `host` (as parsed from a URL) is listed by name in `allow_hosts`."""

@@ -20,15 +20,12 @@ def send_to_webhook(
         return DeliveryAttempt(
             ok=False, error="no webhook signing secret configured (BATCHRELAY_WEBHOOK_SECRETS)"
         )
-    policy = WebhookPolicy(
-        allow_private=s.webhook_allow_private, allow_hosts=tuple(s.webhook_allow_hosts)
-    )
     return send_webhook(
         ctx.relay.webhook_client(),
         cb.url,
         orjson.dumps(payload),
         rid,
         secrets,
-        policy=policy,
+        policy=WebhookPolicy.from_settings(s),
         timeout=s.webhook_timeout_s,
     )
