@@ -83,7 +83,8 @@ class ProviderProfile(BaseModel):
         if not isinstance(data, dict):
             return data
         # An unknown kind gets OpenAI's defaults; the Literal check reports the bad kind.
-        kind = KINDS.get(data.get("kind", OPENAI.name), OPENAI)
+        name = data.get("kind", OPENAI.name)
+        kind = KINDS.get(name, OPENAI) if isinstance(name, str) else OPENAI
         return {
             "endpoints": list(kind.endpoints),
             "max_requests_per_batch": kind.max_requests_per_batch,
