@@ -36,6 +36,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from batchrelay.config import ConfigurationError, Settings, load_settings
+from batchrelay.config.kinds import ANTHROPIC, MESSAGES_ENDPOINT
 from batchrelay.config.prices import PriceTable, load_prices
 from batchrelay.producer import BatchRelay, InvalidMetadataError, InvalidRequestError, SubmitItem
 from batchrelay.producer.intake import Intake
@@ -49,7 +50,7 @@ from batchrelay.producer.records import (
     result_payload,
 )
 
-ANTHROPIC_ENDPOINT = "/v1/messages"
+ANTHROPIC_ENDPOINT = MESSAGES_ENDPOINT
 OPENAI_FIELDS = frozenset({"custom_id", "method", "url", "body"})
 ANTHROPIC_FIELDS = frozenset({"custom_id", "params"})
 CHUNK = 1000
@@ -57,7 +58,7 @@ MAX_PROBLEMS = 20
 MAX_IDEMPOTENCY_KEY = 255
 # A file whose first line is not a JSON line may be one pretty-printed `{"requests": [...]}`
 # document; that form is parsed whole, so only up to Anthropic's own request-body limit.
-MAX_DOCUMENT_BYTES = 256 * 1024 * 1024
+MAX_DOCUMENT_BYTES = ANTHROPIC.max_bytes_per_batch
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_CONFIG = 78

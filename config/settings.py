@@ -7,7 +7,6 @@ configuration it cannot honour refuses to start instead of failing at 3 a.m.
 
 from __future__ import annotations
 
-import base64
 import fnmatch
 import os
 import re
@@ -17,7 +16,9 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from batchrelay.config.errors import ConfigurationError
+from batchrelay.config.kinds import KIND_SETTINGS, KINDS, OPENAI, ProviderKind, kinds_with
 from batchrelay.config.urls import RedisUrl, redacted
+from batchrelay.config.webhook_secrets import webhook_secret_key
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -36,43 +37,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-MB = 1024 * 1024
-OPENAI_ENDPOINTS = (
-    "/v1/chat/completions",
-    "/v1/embeddings",
-    "/v1/responses",
-    "/v1/completions",
-    "/v1/moderations",
-)
-ANTHROPIC_ENDPOINTS = ("/v1/messages",)
-ENDPOINTS = {
-    "openai": OPENAI_ENDPOINTS,
-    "azure": OPENAI_ENDPOINTS,
-    "anthropic": ANTHROPIC_ENDPOINTS,
-}
-COMPLETION_WINDOWS = {"24h": 86_400}
-# Per kind: requests and bytes per batch (Anthropic counts the whole create body).
-KIND_LIMITS = {
-    "openai": (50_000, 200 * MB),
-    "azure": (100_000, 200 * MB),
-    "anthropic": (100_000, 256 * MB),
-}
-DEFAULT_AUTH = {"openai": "bearer", "azure": "api-key", "anthropic": "x-api-key"}
-DEFAULT_ANTHROPIC_VERSION = "2023-06-01"
-DEFAULT_ANTHROPIC_BATCHES_PATH = "/v1/messages/batches"
-# Azure keeps batch input files 14 to 30 days when an expiry is set.
-AZURE_FILE_EXPIRY_S = (1_209_600, 2_592_000)
 DEFAULT_CHARS_PER_TOKEN = 4.0
-# Settings that only one wire protocol has: Anthropic-style batches take requests inline
-# (no files), so file settings are OpenAI's and Azure's.
-KIND_ONLY = {
-    "file_expires_after_s": ("openai", "azure"),
-    "file_lifetime_cap_s": ("openai", "azure"),
-    "extra_upload_fields": ("openai", "azure"),
-    "anthropic_version": ("anthropic",),
-    "batches_path": ("anthropic",),
-    "api_version": ("azure",),
-}
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -94,13 +59,13 @@ class ProviderProfile(BaseModel):
     base_url: str
     api_key: SecretStr
     models: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
-    # No static defaults: `_kind_defaults` fills these in from the kind.
+    # No static defaults: `_kind_defaults` fills these in from the kind (config/kinds.py).
     endpoints: list[str]
     max_requests_per_batch: PositiveInt
     max_bytes_per_batch: PositiveInt
-    max_line_bytes: PositiveInt = 10 * MB
+    max_line_bytes: PositiveInt
     completion_window: str = "24h"
-    file_expires_after_s: Annotated[int, Field(ge=3600, le=2_592_000)] | None = None
+    file_expires_after_s: PositiveInt | None = None
     file_lifetime_cap_s: PositiveInt | None = None
     extra_upload_fields: dict[str, str] = Field(default_factory=dict)
     auth_style: AuthStyle
@@ -118,19 +83,18 @@ class ProviderProfile(BaseModel):
     def _kind_defaults(cls, data: object) -> object:
         if not isinstance(data, dict):
             return data
-        kind = data.get("kind", "openai")
-        if kind not in ENDPOINTS:
-            kind = "openai"  # the Literal check reports the bad kind
-        data = dict(data)
-        max_n, max_bytes = KIND_LIMITS[kind]
-        data.setdefault("endpoints", list(ENDPOINTS[kind]))
-        data.setdefault("max_requests_per_batch", max_n)
-        data.setdefault("max_bytes_per_batch", max_bytes)
-        data.setdefault("auth_style", DEFAULT_AUTH[kind])
-        if kind == "anthropic":
-            data.setdefault("anthropic_version", DEFAULT_ANTHROPIC_VERSION)
-            data.setdefault("batches_path", DEFAULT_ANTHROPIC_BATCHES_PATH)
-        return data
+        # An unknown kind gets OpenAI's defaults; the Literal check reports the bad kind.
+        name = data.get("kind", OPENAI.name)
+        kind = KINDS.get(name, OPENAI) if isinstance(name, str) else OPENAI
+        return {
+            "endpoints": list(kind.endpoints),
+            "max_requests_per_batch": kind.max_requests_per_batch,
+            "max_bytes_per_batch": kind.max_bytes_per_batch,
+            "max_line_bytes": kind.max_line_bytes,
+            "auth_style": kind.auth_style,
+            **kind.defaults,
+            **data,
+        }
 
     @field_validator("base_url")
     @classmethod
@@ -152,8 +116,8 @@ class ProviderProfile(BaseModel):
     @field_validator("endpoints")
     @classmethod
     def _endpoints(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        kind = info.data.get("kind", "openai")
-        allowed = ENDPOINTS[kind]
+        kind = info.data.get("kind", OPENAI.name)
+        allowed = KINDS[kind].endpoints
         unknown = [e for e in value if e not in allowed]
         if unknown or not value:
             raise ValueError(
@@ -161,10 +125,10 @@ class ProviderProfile(BaseModel):
             )
         return value
 
-    @field_validator(*KIND_ONLY)
+    @field_validator(*KIND_SETTINGS)
     @classmethod
     def _kind_only(cls, value: object, info: ValidationInfo) -> object:
-        kind, owner = info.data.get("kind", "openai"), KIND_ONLY[info.field_name or ""]
+        kind, owner = info.data.get("kind", OPENAI.name), kinds_with(info.field_name or "")
         if value and kind not in owner:
             raise ValueError(
                 f"does not apply to kind {kind!r} (only to {' and '.join(owner)}); remove it, "
@@ -174,9 +138,10 @@ class ProviderProfile(BaseModel):
 
     @field_validator("completion_window")
     @classmethod
-    def _window(cls, value: str) -> str:
-        if value not in COMPLETION_WINDOWS:
-            raise ValueError(f"must be one of {sorted(COMPLETION_WINDOWS)}, got {value!r}")
+    def _window(cls, value: str, info: ValidationInfo) -> str:
+        windows = KINDS[info.data.get("kind", OPENAI.name)].completion_windows
+        if value not in windows:
+            raise ValueError(f"must be one of {sorted(windows)}, got {value!r}")
         return value
 
     @field_validator("batches_path")
@@ -238,17 +203,21 @@ class ProviderProfile(BaseModel):
                 "longest this provider keeps files, so uploads would be refused; lower "
                 f"file_expires_after_s to at most {cap} (or leave it out to ask for the cap)"
             )
-        if self.kind == "azure" and self.upload_expiry_s is not None:
-            low, high = AZURE_FILE_EXPIRY_S
-            if not low <= self.upload_expiry_s <= high:
-                raise ValueError(
-                    f"file_expires_after_s ({self.upload_expiry_s}): Azure accepts file "
-                    f"expiries of {low}-{high} s (14-30 days); change file_expires_after_s"
-                )
+        bounds, expiry = self.provider_kind.file_expiry_s, self.upload_expiry_s
+        if bounds is not None and expiry is not None and not bounds[0] <= expiry <= bounds[1]:
+            raise ValueError(
+                f"file_expires_after_s ({expiry}): kind {self.kind!r} accepts file expiries of "
+                f"{bounds[0]}-{bounds[1]} s; change file_expires_after_s"
+            )
+
+    @property
+    def provider_kind(self) -> ProviderKind:
+        """The facts of this profile's wire protocol (config/kinds.py)."""
+        return KINDS[self.kind]
 
     @property
     def completion_window_s(self) -> int:
-        return COMPLETION_WINDOWS[self.completion_window]
+        return self.provider_kind.completion_windows[self.completion_window]
 
     @property
     def upload_expiry_s(self) -> int | None:
@@ -283,15 +252,10 @@ class ProviderProfile(BaseModel):
 
 
 def _check_webhook_secret(value: SecretStr) -> SecretStr:
-    raw = value.get_secret_value()
-    if not raw.startswith("whsec_"):
-        raise ValueError("webhook secrets must start with 'whsec_' (Standard Webhooks format)")
     try:
-        key = base64.b64decode(raw.removeprefix("whsec_"), validate=True)
-    except ValueError:
-        raise ValueError("webhook secret after 'whsec_' must be base64") from None
-    if not 24 <= len(key) <= 64:
-        raise ValueError(f"webhook secret must decode to 24-64 bytes, got {len(key)}")
+        webhook_secret_key(value.get_secret_value())
+    except ValueError as exc:
+        raise ValueError(f"webhook secret {exc}") from None
     return value
 
 

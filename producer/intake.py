@@ -13,8 +13,15 @@ from typing import Any
 
 import orjson
 from batchrelay.config import ProviderProfile, Settings
+from batchrelay.config.kinds import MESSAGES_ENDPOINT
 from batchrelay.producer import errors
-from batchrelay.producer.callbacks import CeleryTask, Webhook, WebhookPolicy, validate_callback
+from batchrelay.producer.callbacks import (
+    CeleryTask,
+    Webhook,
+    WebhookPolicy,
+    callback_json,
+    validate_callback,
+)
 from batchrelay.producer.keys import body_hash, group_tag
 
 MAX_METADATA_BYTES = 16 * 1024
@@ -23,7 +30,7 @@ MAX_IDEMPOTENCY_KEY = 255
 LINE_OVERHEAD = 50 + 41
 # Anthropic-style batches wrap a body as {"custom_id":"<41>","params":<body>}, plus a comma:
 # fewer bytes than LINE_OVERHEAD + the endpoint, so `line_bytes` also bounds the create body.
-MESSAGES = "/v1/messages"
+MESSAGES = MESSAGES_ENDPOINT
 
 
 @dataclass(frozen=True)
@@ -105,10 +112,7 @@ class Intake:
     def __init__(self, settings: Settings):
         self.router = Router(settings)
         self._routes: dict[tuple[str, str], tuple[ProviderProfile, str, float]] = {}
-        self.policy = WebhookPolicy(
-            allow_private=settings.webhook_allow_private,
-            allow_hosts=tuple(settings.webhook_allow_hosts),
-        )
+        self.policy = WebhookPolicy.from_settings(settings)
 
     def prepare(
         self,
@@ -163,8 +167,6 @@ class Intake:
                 f"tokens than the budget (enqueued_token_budget) for {model!r} at "
                 f"{profile.name!r} and its fallbacks; it could never be sent"
             )
-        validate_callback(callback, self.policy)
-        callback_json = orjson.dumps(callback.to_record()) if callback is not None else b""
         return Prepared(
             tag=tag,
             profile=profile.name,
@@ -172,7 +174,7 @@ class Intake:
             model=model,
             body_json=body_json,
             line_bytes=line_bytes,
-            callback_json=callback_json,
+            callback_json=callback_json(validate_callback(callback, self.policy)),
             metadata_json=_metadata_json(metadata),
             idempotency_key=_idempotency_key(idempotency_key),
         )

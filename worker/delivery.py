@@ -10,30 +10,21 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from batchrelay.producer.callbacks import CeleryTask, Webhook, WebhookPolicy, callback_from_record
+from batchrelay.producer.callbacks import callback_from_record
 from batchrelay.producer.keys import tag_of
 from batchrelay.producer.records import RESULT_FIELDS, result_payload
 from batchrelay.worker.context import Relay
-from batchrelay.worker.webhooks import send_webhook
+from batchrelay.worker.senders import SENDERS, DeliveryAttempt, SendContext, SendTask
 
 log = logging.getLogger(__name__)
 
 DELIVERY_FIELDS = (*RESULT_FIELDS, "dstate", "dattempts")
-SendTask = Callable[[str, dict[str, Any], str | None], None]
-
-
-@dataclass(frozen=True)
-class Attempt:
-    ok: bool
-    error: str = ""
-    final: bool = False
-    retry_after: float | None = None
 
 
 @dataclass(frozen=True)
@@ -71,13 +62,16 @@ def deliver_chunk(
 ) -> Counter[str]:
     """Deliver a chunk with a few requests in flight at once: a receiver's latency, not our
     CPU, bounds webhook throughput."""
+    ctx = SendContext(relay, send_task)
     with ThreadPoolExecutor(relay.settings.delivery_concurrency) as pool:
-        outcomes = pool.map(lambda rid: deliver_one(relay, rid, leased_until_ms, send_task), rids)
+        outcomes = pool.map(lambda rid: deliver_one(ctx, rid, leased_until_ms), rids)
         return Counter(outcomes)
 
 
-def deliver_one(relay: Relay, rid: str, leased_until_ms: int, send_task: SendTask) -> str:
-    """One delivery attempt, if this holder's lease on it is still current ("stale" if not)."""
+def deliver_one(ctx: SendContext, rid: str, leased_until_ms: int) -> str:
+    """One delivery attempt, if this holder's lease on it is still current ("stale" if not),
+    by the sender registered for the callback's kind."""
+    relay = ctx.relay
     key, tag = relay.keys.req(rid), tag_of(rid)
     if not _take(relay, tag, rid, leased_until_ms):
         return "stale"
@@ -90,15 +84,11 @@ def deliver_one(relay: Relay, rid: str, leased_until_ms: int, send_task: SendTas
     callback = callback_from_record(
         orjson.loads(fields["callback"]) if fields["callback"] else None
     )
-    attempts = int(fields["dattempts"] or 0) + 1
-    if isinstance(callback, Webhook):
-        attempt = _send_webhook(relay, rid, callback, payload)
-    elif isinstance(callback, CeleryTask):
-        attempt = _send_task(callback, payload, send_task)
-    else:
+    if callback is None:
         relay.redis.zrem(relay.keys.deliver(tag), rid)
         return "skipped"
-    return _record(relay, rid, attempts, attempt)
+    attempt = SENDERS[callback.kind](ctx, rid, callback, payload)
+    return _record(relay, rid, int(fields["dattempts"] or 0) + 1, attempt)
 
 
 def _take(relay: Relay, tag: str, rid: str, leased_until_ms: int) -> bool:
@@ -113,39 +103,7 @@ def _take(relay: Relay, tag: str, rid: str, leased_until_ms: int) -> bool:
     return bool(taken)
 
 
-def _send_webhook(relay: Relay, rid: str, cb: Webhook, payload: dict[str, Any]) -> Attempt:
-    s = relay.settings
-    secrets = [x.get_secret_value() for x in s.webhook_secrets]
-    if not secrets:
-        return Attempt(False, "no webhook signing secret configured (BATCHRELAY_WEBHOOK_SECRETS)")
-    policy = WebhookPolicy(
-        allow_private=s.webhook_allow_private, allow_hosts=tuple(s.webhook_allow_hosts)
-    )
-    result = send_webhook(
-        relay.webhook_client(),
-        cb.url,
-        orjson.dumps(payload),
-        rid,
-        secrets,
-        policy=policy,
-        timeout=s.webhook_timeout_s,
-    )
-    if result.ok:
-        return Attempt(True)
-    return Attempt(
-        False, result.error, final=result.gone or result.abort, retry_after=result.retry_after
-    )
-
-
-def _send_task(cb: CeleryTask, payload: dict[str, Any], send_task: SendTask) -> Attempt:
-    try:
-        send_task(cb.name, payload, cb.queue)
-    except Exception as exc:  # a broker hiccup must not lose the delivery: retry it
-        return Attempt(False, f"send_task failed: {type(exc).__name__}: {exc}")
-    return Attempt(True)
-
-
-def _record(relay: Relay, rid: str, attempts: int, attempt: Attempt) -> str:
+def _record(relay: Relay, rid: str, attempts: int, attempt: DeliveryAttempt) -> str:
     key, tag, now = relay.keys.req(rid), tag_of(rid), relay.now()
     schedule = relay.settings.delivery_retry_schedule_s
     pipe = relay.redis.pipeline(transaction=True)

@@ -12,82 +12,48 @@ that flips between the check and the connect (DNS rebinding) cannot reach an int
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import contextvars
 import email.utils
-import secrets as _secrets
+import logging
 import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import httpcore
 import httpx
 import standardwebhooks
+from batchrelay.config.webhook_secrets import webhook_secret_key
 from batchrelay.producer import errors
-from batchrelay.producer.callbacks import WebhookPolicy, check_webhook_url, resolve_webhook_host
+from batchrelay.producer.callbacks import (
+    WebhookPolicy,
+    check_webhook_port,
+    check_webhook_url,
+    resolve_webhook_host,
+)
+from batchrelay.worker.attempt import DeliveryAttempt
 from pydantic import SecretStr
 
 USER_AGENT = "batchrelay-webhooks/1"
 # What is kept of a receiver's answer: enough for a dead-letter note, never a memory risk.
 RESPONSE_PREFIX_BYTES = 1024
-SECRET_PREFIX = "whsec_"
-MIN_SECRET_BYTES = 24
-MAX_SECRET_BYTES = 64
 
 WebhookSecret = str | SecretStr
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryAttempt:
-    """The outcome of one POST. `gone` (410) and `abort` (receiver asked) mean: stop retrying."""
-
-    ok: bool
-    status: int | None
-    retry_after: float | None
-    gone: bool
-    abort: bool
-    error: str
-    duration_s: float
-    response_excerpt: str = ""
 
 
 # -- signing --------------------------------------------------------------------------------
 
 
-def generate_webhook_secret(nbytes: int = 32) -> str:
-    """A fresh Standard Webhooks secret: `whsec_` + base64 of `nbytes` random bytes."""
-    if not MIN_SECRET_BYTES <= nbytes <= MAX_SECRET_BYTES:
-        raise ValueError(f"nbytes must be {MIN_SECRET_BYTES}-{MAX_SECRET_BYTES}")
-    return SECRET_PREFIX + base64.b64encode(_secrets.token_bytes(nbytes)).decode("ascii")
-
-
 def _signer(secret: WebhookSecret, index: int) -> standardwebhooks.Webhook:
-    """A standardwebhooks signer, after checking the secret's shape (the message never shows it).
-
-    The library decodes base64 leniently (it drops invalid characters), so a mangled secret
-    would sign with a different key and every receiver would reject us; refuse it instead.
-    """
+    """A standardwebhooks signer, after checking the secret's format (the message never shows
+    it): the library would sign with a leniently decoded, wrong key."""
     raw = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
-    if not isinstance(raw, str) or not raw.startswith(SECRET_PREFIX):
-        raise errors.ConfigurationError(
-            f"webhook secret #{index + 1} must be a string starting with {SECRET_PREFIX!r}"
-        )
     try:
-        key = base64.b64decode(raw.removeprefix(SECRET_PREFIX), validate=True)
-    except ValueError:
-        raise errors.ConfigurationError(
-            f"webhook secret #{index + 1} is not valid base64 after {SECRET_PREFIX!r}"
-        ) from None
-    if not MIN_SECRET_BYTES <= len(key) <= MAX_SECRET_BYTES:
-        raise errors.ConfigurationError(
-            f"webhook secret #{index + 1} must decode to {MIN_SECRET_BYTES}-{MAX_SECRET_BYTES} "
-            f"bytes, got {len(key)}"
-        )
-    return standardwebhooks.Webhook(key)
+        return standardwebhooks.Webhook(webhook_secret_key(raw))
+    except ValueError as exc:
+        raise errors.ConfigurationError(f"webhook secret #{index + 1} {exc}") from None
 
 
 def sign_webhook(msg_id: str, timestamp: int, body: bytes, secrets: Sequence[WebhookSecret]) -> str:
@@ -199,15 +165,7 @@ def send_webhook(
     headers = webhook_headers(msg_id, body, secrets, timestamp=int(now()))
 
     def failed(error: str) -> DeliveryAttempt:
-        return DeliveryAttempt(
-            ok=False,
-            status=None,
-            retry_after=None,
-            gone=False,
-            abort=False,
-            error=error,
-            duration_s=time.monotonic() - started,
-        )
+        return DeliveryAttempt(ok=False, error=error, duration_s=time.monotonic() - started)
 
     try:
         check_webhook_url(url, policy, resolve=True, resolve_fresh=True)
@@ -233,21 +191,24 @@ def send_webhook(
         return failed(f"connection failed: {type(exc).__name__}")
 
     status = response.status_code
-    ok = 200 <= status < 300
-    if ok:
-        error = ""
-    elif 300 <= status < 400:
-        error = f"redirect {status} not followed"
-    else:
-        error = f"HTTP {status}"
-    delivery_header = response.headers.get("webhook-delivery", "").strip().lower()
+    if 200 <= status < 300:
+        return DeliveryAttempt(
+            ok=True,
+            status=status,
+            duration_s=time.monotonic() - started,
+            response_excerpt=excerpt,
+        )
+    error = f"redirect {status} not followed" if 300 <= status < 400 else f"HTTP {status}"
+    # 410 Gone, or the receiver's abort header, ends the retries (Standard Webhooks).
+    abort = response.headers.get("webhook-delivery", "").strip().lower() == "abort-message"
+    if abort:
+        error += ", receiver asked to stop (webhook-delivery: abort-message)"
     return DeliveryAttempt(
-        ok=ok,
-        status=status,
-        retry_after=None if ok else parse_retry_after(response.headers.get("retry-after"), now()),
-        gone=status == 410,
-        abort=not ok and delivery_header == "abort-message",
+        ok=False,
         error=error,
+        final=status == 410 or abort,
+        retry_after=parse_retry_after(response.headers.get("retry-after"), now()),
+        status=status,
         duration_s=time.monotonic() - started,
         response_excerpt=excerpt,
     )
@@ -380,6 +341,7 @@ class _GuardedBackend(httpcore.NetworkBackend):
     ) -> httpcore.NetworkStream:
         policy = _policy.get() or _STRICT
         try:
+            check_webhook_port(port)
             addresses = resolve_webhook_host(host, policy)
         except errors.InvalidCallbackError as exc:
             raise httpcore.ConnectError(f"blocked: {exc}") from None
@@ -432,6 +394,23 @@ class _GuardedTransport(httpx.HTTPTransport):
         )
 
 
+class _PathOnlyURLs(logging.Filter):
+    """Cuts httpx's per-request log line ("HTTP Request: POST <url> ...", INFO) to scheme, host
+    and path while a webhook attempt runs: a callback URL's query may carry the receiver's
+    token, and INFO is the level the workers run at."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _policy.get() is not None and isinstance(record.args, tuple):
+            record.args = tuple(
+                a.copy_with(query=None, fragment=None) if isinstance(a, httpx.URL) else a
+                for a in record.args
+            )
+        return True
+
+
+_URL_FILTER = _PathOnlyURLs()
+
+
 def make_webhook_client(
     *,
     proxy: str | None = None,
@@ -447,7 +426,9 @@ def make_webhook_client(
       egress proxy (e.g. stripe/smokescreen, which filters internal IPs itself) pass `proxy`;
       the pre-send URL check still applies, the connect-time check is then the proxy's job.
     - Used outside `send_webhook`, the connect-time guard applies the strict default policy.
+    - httpx's request log line shows a webhook's URL without its query (`_PathOnlyURLs`).
     """
+    logging.getLogger("httpx").addFilter(_URL_FILTER)  # a no-op when already added
     limits = httpx.Limits(
         max_connections=max_connections,
         max_keepalive_connections=min(20, max_connections),

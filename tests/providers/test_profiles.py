@@ -8,13 +8,17 @@ import importlib.machinery
 import math
 import sys
 import types
+from typing import get_args
 
 import pytest
 from batchrelay.config import ConfigurationError, load_settings
+from batchrelay.config.kinds import KINDS
+from batchrelay.config.settings import Kind
 from batchrelay.config.tokens import tokenizer
 from batchrelay.emulator import start_emulator
 from batchrelay.producer import errors
 from batchrelay.worker.packing import aggregate, iter_items
+from batchrelay.worker.providers import ADAPTERS
 from batchrelay.worker.providers.http import auth_headers
 from batchrelay.worker.submission import submit_batch
 
@@ -75,7 +79,9 @@ def test_defaults_follow_the_kind():
         ({"api_version": "2024-10-21"}, "api_version", "only to azure"),
         ({"kind": "anthropic", "batches_path": "v1/batches"}, "batches_path", "a path"),
         ({"kind": "azure", "base_url": "https://r.openai.azure.com/openai/v1"}, "0", "resource"),
-        ({"kind": "azure", "file_expires_after_s": 172800}, "0", "14-30 days"),
+        ({"kind": "azure", "file_expires_after_s": 172800}, "0", "1209600-2592000 s"),
+        ({"file_expires_after_s": 2_600_000}, "0", "kind 'openai' accepts file expiries of 3600-"),
+        ({"file_lifetime_cap_s": 2_600_000}, "0", "kind 'openai' accepts file expiries of 3600-"),
         ({"auth_style": "cookie"}, "auth_style", "bearer"),
         ({"max_batches_in_flight": 0}, "max_batches_in_flight", "greater than 0"),
         ({"enqueued_token_budget": {"gpt-*": 0}}, "enqueued_token_budget", "greater than 0"),
@@ -199,3 +205,13 @@ def test_a_batch_reserves_its_estimated_tokens(relays, estimate):
         assert submit_batch(worker, bid) == "submitted"
         key = worker.keys.tokens("o", "gpt-4o-mini")
         assert int(worker.redis.hget(key, bid)) == expected == int(worker.batch(bid)["tokens"])
+
+
+def test_every_kind_has_its_facts_and_an_adapter():
+    """A kind is its facts (config/kinds.py), its name in the settings and its adapter."""
+    assert set(get_args(Kind)) == set(KINDS) == set(ADAPTERS)
+    for name, kind in KINDS.items():
+        made = profile(kind=name, base_url="https://provider.example")
+        assert made.provider_kind is kind
+        assert tuple(made.endpoints) == kind.endpoints
+        assert ADAPTERS[name].kind is kind

@@ -72,6 +72,7 @@ MATRIX = [
     ("callback that is a bare string", CHAT, OK, {"callback": "http://a.example/"}, InvalidCallbackError, "Webhook(url)", NO_CALLBACK),
     ("callback with a non-HTTP scheme", CHAT, OK, {"callback": Webhook("ftp://a.example/x")}, InvalidCallbackError, "scheme", NO_CALLBACK),
     ("callback with credentials in the URL", CHAT, OK, {"callback": Webhook("https://u:p@a.example/")}, InvalidCallbackError, "credentials", NO_CALLBACK),
+    ("callback with a port outside 1-65535", CHAT, OK, {"callback": Webhook("http://93.184.216.34:120539/x")}, InvalidCallbackError, "outside 1-65535", NO_CALLBACK),
     ("callback to a loopback address", CHAT, OK, {"callback": Webhook("http://127.0.0.2/x")}, InvalidCallbackError, "loopback", NO_CALLBACK),
     ("callback to a name that resolves to loopback", CHAT, OK, {"callback": Webhook("http://localhost/x")}, InvalidCallbackError, "loopback", NO_CALLBACK),
     ("callback to a private address", CHAT, OK, {"callback": Webhook("http://192.168.1.5/x")}, InvalidCallbackError, "private", NO_CALLBACK),

@@ -19,6 +19,7 @@ from batchrelay.producer.callbacks import (
     address_block_reason,
     callback_from_record,
     check_webhook_url,
+    resolution,
     validate_callback,
 )
 from batchrelay.producer.errors import ConfigurationError, InvalidCallbackError
@@ -56,7 +57,10 @@ REJECTED = [
     ("http://evil.example\\@127.0.0.1/", STRICT, "credentials"),
     ("http://", STRICT, "has no host"),
     ("http:///path", STRICT, "has no host"),
-    ("http://93.184.216.34:0/", STRICT, "port 0"),
+    ("http://93.184.216.34:0/", STRICT, "port 0 is outside 1-65535"),
+    # A port past 65535 would wrap at connect (120539 reaches 55003).
+    ("http://93.184.216.34:65536/", STRICT, "port 65536 is outside 1-65535"),
+    ("http://93.184.216.34:120539/", STRICT, "port 120539 is outside 1-65535"),
     ("http://93.184.216.34/a b", STRICT, "whitespace or control"),
     ("http://93.184.216.34/\r\nX-Injected: 1", STRICT, "whitespace or control"),
     ("http://93.184.216.34/" + "a" * 2048, STRICT, "limit is 2048"),
@@ -103,6 +107,14 @@ def test_check_webhook_url_rejects(url: str, policy: WebhookPolicy, message: str
     assert message in str(info.value)
 
 
+def test_private_address_message_names_the_settings() -> None:
+    with pytest.raises(InvalidCallbackError) as info:
+        check_webhook_url("http://10.1.2.3/hook", STRICT)
+    assert "BATCHRELAY_WEBHOOK_ALLOW_HOSTS" in str(info.value)
+    assert "BATCHRELAY_WEBHOOK_ALLOW_PRIVATE" in str(info.value)
+    assert "WebhookPolicy" not in str(info.value)
+
+
 def test_rejection_never_echoes_the_query() -> None:
     with pytest.raises(InvalidCallbackError) as info:
         check_webhook_url("http://127.0.0.1/hook?token=s3cr3t", STRICT)
@@ -112,6 +124,8 @@ def test_rejection_never_echoes_the_query() -> None:
 ACCEPTED = [
     ("https://93.184.216.34/hook?x=1", STRICT),
     ("http://93.184.216.34:8080/hook", STRICT),
+    ("http://93.184.216.34:1/hook", STRICT),
+    ("http://93.184.216.34:65535/hook", STRICT),
     ("https://[2606:2800:220:1:248:1893:25c8:1946]/hook", STRICT),
     ("https://[64:ff9b::5db8:d822]/hook", STRICT),  # NAT64 of a public address
     ("https://93.184.216.34/hook", WebhookPolicy(require_https=True)),
@@ -189,8 +203,8 @@ def test_failed_lookups_are_cached_briefly(lookups: list[str]) -> None:
 
 def test_cache_entries_expire(monkeypatch: pytest.MonkeyPatch, lookups: list[str]) -> None:
     now = [1000.0]
-    cache = callbacks._ResolutionCache(ttl=60.0, negative_ttl=5.0, clock=lambda: now[0])
-    monkeypatch.setattr(callbacks, "_cache", cache)
+    cache = resolution._ResolutionCache(ttl=60.0, negative_ttl=5.0, clock=lambda: now[0])
+    monkeypatch.setattr(resolution, "_cache", cache)
     policy = WebhookPolicy(allow_private=True)
     check_webhook_url("http://localhost/", policy)
     now[0] += 59.0
@@ -202,7 +216,7 @@ def test_cache_entries_expire(monkeypatch: pytest.MonkeyPatch, lookups: list[str
 
 
 def test_cache_stays_bounded() -> None:
-    cache = callbacks._ResolutionCache(max_entries=10)
+    cache = resolution._ResolutionCache(max_entries=10)
     for i in range(100):
         cache.put(f"h{i}.example", (ipaddress.ip_address("93.184.216.34"),))
     assert len(cache._entries) <= 10

@@ -14,10 +14,9 @@ from batchrelay.worker.providers.base import (
 )
 from batchrelay.worker.providers.openai_compat import AzureAdapter, OpenAIAdapter
 
+# kind name -> adapter; a test checks that every kind in config/kinds.py has one.
 ADAPTERS: dict[str, type[BatchAdapter]] = {
-    "openai": OpenAIAdapter,
-    "azure": AzureAdapter,
-    "anthropic": AnthropicAdapter,
+    a.kind.name: a for a in (OpenAIAdapter, AzureAdapter, AnthropicAdapter)
 }
 
 

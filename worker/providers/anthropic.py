@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 from batchrelay.config import ProviderProfile, Settings
+from batchrelay.config.kinds import ANTHROPIC
 from batchrelay.worker.providers import http
 from batchrelay.worker.providers.base import (
     BatchAdapter,
@@ -39,7 +40,6 @@ from batchrelay.worker.providers.openai_compat import (
     CLOCK_SKEW_S,
     epoch_s,
     error_payload,
-    iter_byte_lines,
 )
 
 log = logging.getLogger(__name__)
@@ -127,8 +127,8 @@ def parse_result_line(line: bytes) -> Outcome | None:
     return None
 
 
-class AnthropicAdapter(BatchAdapter):
-    uploads_files = False
+class AnthropicAdapter(http.RetryingCalls, BatchAdapter):
+    kind = ANTHROPIC
 
     def __init__(self, profile: ProviderProfile, settings: Settings):
         assert profile.batches_path and profile.anthropic_version
@@ -147,9 +147,6 @@ class AnthropicAdapter(BatchAdapter):
         self.client.close()
         if self._foreign is not None:
             self._foreign.close()
-
-    def _call(self, what: str, send: Any, *, idempotent: bool = True) -> httpx.Response:
-        return http.call(send, what=what, max_retries=self.max_retries, idempotent=idempotent)
 
     def write_input(
         self, out: IO[bytes], endpoint: str, items: Iterable[tuple[str, bytes]]
@@ -265,20 +262,7 @@ class AnthropicAdapter(BatchAdapter):
         url = batch.results_url
         if not url:
             raise ProviderError(f"batch {batch.id} has ended but has no results_url")
-        try:
-            with self._results_client(url).stream("GET", url) as response:
-                if response.status_code >= 300:
-                    response.read()
-                    raise ProviderError(
-                        f"results of {batch.id}: {http.describe(response)}",
-                        status=response.status_code,
-                        retryable=response.status_code == 429 or response.status_code >= 500,
-                    )
-                yield from iter_byte_lines(response)
-        except httpx.TransportError as exc:
-            raise ProviderError(
-                f"results of {batch.id} cut off: {type(exc).__name__}: {exc}", retryable=True
-            ) from exc
+        return http.stream_lines(self._results_client(url), url, f"results of {batch.id}")
 
     def _results_client(self, url: str) -> httpx.Client:
         """The API client for a results_url on the API's own host; a plain client, without

@@ -10,7 +10,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, ClassVar, Literal
+
+from batchrelay.config.kinds import ProviderKind
 
 # Normalised batch statuses (OpenAI's names; other protocols map onto them).
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
@@ -93,8 +95,13 @@ class ReconcilePending(ProviderError):
 class BatchAdapter(ABC):
     """One provider profile's Batch API. Methods are synchronous and stream large bodies."""
 
-    #: False when requests travel inline in the create call (no separate file upload).
-    uploads_files: bool = True
+    #: The wire protocol this adapter speaks; its facts (limits, files) live in config/kinds.py.
+    kind: ClassVar[ProviderKind]
+
+    @property
+    def uploads_files(self) -> bool:
+        """False when requests travel inline in the create call (no separate file upload)."""
+        return self.kind.uploads_files
 
     @abstractmethod
     def write_input(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -79,6 +79,39 @@ def retry_delay_s(hint: float | None, attempt: int) -> float:
     return min(MAX_RETRY_AFTER_S, hint) if hint is not None else backoff_s(attempt)
 
 
+def transient(status: int) -> bool:
+    """A status the same call may not meet again: rate limited or a server error."""
+    return status == 429 or status >= 500
+
+
+def iter_byte_lines(response: httpx.Response) -> Iterator[bytes]:
+    """Non-blank lines of a streamed body as bytes (no text decoding on the hot path)."""
+    rest = b""
+    for chunk in response.iter_bytes():
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        yield from (line for line in lines if line.strip())
+    if rest.strip():
+        yield rest
+
+
+def stream_lines(client: httpx.Client, url: str, what: str) -> Iterator[bytes]:
+    """The lines of a result download, streamed; ProviderError (retryable when transient, or
+    when the connection breaks off) instead of a partial answer going unnoticed."""
+    try:
+        with client.stream("GET", url) as response:
+            if response.status_code >= 300:
+                response.read()
+                raise ProviderError(
+                    f"{what}: {describe(response)}",
+                    status=response.status_code,
+                    retryable=transient(response.status_code),
+                )
+            yield from iter_byte_lines(response)
+    except httpx.TransportError as exc:
+        raise ProviderError(f"{what} cut off: {type(exc).__name__}: {exc}", retryable=True) from exc
+
+
 def delete_quietly(client: httpx.Client, url: str, what: str) -> None:
     """A best-effort cleanup call: a failure is logged, never raised (404: already gone)."""
     try:
@@ -125,18 +158,29 @@ def call(
             status = response.status_code
             if status < 300:
                 return response
-            transient = status == 429 or status >= 500
+            is_transient = transient(status)
             # A 429 is a refusal, so even a create can be retried safely.
-            may_retry = transient and (idempotent or status == 429)
+            may_retry = is_transient and (idempotent or status == 429)
             hint = retry_after_s(response)
             if not may_retry or attempt >= max_retries:
                 raise ProviderError(
                     f"{what}: {describe(response)}",
                     status=status,
-                    retryable=transient,
-                    retry_after=hint if transient else None,
+                    retryable=is_transient,
+                    retry_after=hint if is_transient else None,
                 )
             delay = retry_delay_s(hint, attempt)
         log.info("%s: retrying in %.1fs (attempt %d)", what, delay, attempt + 1)
         sleep(delay)
         attempt += 1
+
+
+class RetryingCalls:
+    """For adapters: `_call` runs one API call under `call`'s retry rules."""
+
+    max_retries: int
+
+    def _call(
+        self, what: str, send: Callable[[], httpx.Response], *, idempotent: bool = True
+    ) -> httpx.Response:
+        return call(send, what=what, max_retries=self.max_retries, idempotent=idempotent)

@@ -19,13 +19,13 @@ from typing import IO, Any
 import httpx
 import orjson
 from batchrelay.config import ProviderProfile, Settings
+from batchrelay.config.kinds import AZURE, OPENAI
 from batchrelay.worker.providers import http
 from batchrelay.worker.providers.base import (
     BatchAdapter,
     Claim,
     Outcome,
     ProviderBatch,
-    ProviderError,
 )
 
 log = logging.getLogger(__name__)
@@ -75,17 +75,6 @@ def error_payload(
     )
 
 
-def iter_byte_lines(response: httpx.Response) -> Iterator[bytes]:
-    """Non-blank lines of a streamed body as bytes (no text decoding on the hot path)."""
-    rest = b""
-    for chunk in response.iter_bytes():
-        lines = (rest + chunk).split(b"\n")
-        rest = lines.pop()
-        yield from (line for line in lines if line.strip())
-    if rest.strip():
-        yield rest
-
-
 def parse_result_line(line: bytes) -> Outcome | None:
     """One output- or error-file line; None (and a log line) for one that cannot be read."""
     try:
@@ -120,7 +109,9 @@ def parse_result_line(line: bytes) -> Outcome | None:
     return None
 
 
-class OpenAIAdapter(BatchAdapter):
+class OpenAIAdapter(http.RetryingCalls, BatchAdapter):
+    kind = OPENAI
+
     def __init__(self, profile: ProviderProfile, settings: Settings):
         self.profile = profile
         self.max_retries = settings.http_max_retries
@@ -135,9 +126,6 @@ class OpenAIAdapter(BatchAdapter):
 
     def close(self) -> None:
         self.client.close()
-
-    def _call(self, what: str, send: Any, *, idempotent: bool = True) -> httpx.Response:
-        return http.call(send, what=what, max_retries=self.max_retries, idempotent=idempotent)
 
     def write_input(
         self, out: IO[bytes], endpoint: str, items: Iterable[tuple[str, bytes]]
@@ -215,23 +203,12 @@ class OpenAIAdapter(BatchAdapter):
                 yield from self._stream_file(file_id)
 
     def _stream_file(self, file_id: str) -> Iterator[Outcome]:
-        try:
-            with self.client.stream("GET", f"/files/{file_id}/content") as response:
-                if response.status_code >= 300:
-                    response.read()
-                    raise ProviderError(
-                        f"download {file_id}: {http.describe(response)}",
-                        status=response.status_code,
-                        retryable=response.status_code == 429 or response.status_code >= 500,
-                    )
-                for line in iter_byte_lines(response):
-                    outcome = parse_result_line(line)
-                    if outcome is not None:
-                        yield outcome
-        except httpx.TransportError as exc:
-            raise ProviderError(
-                f"download {file_id} cut off: {type(exc).__name__}: {exc}", retryable=True
-            ) from exc
+        for line in http.stream_lines(
+            self.client, f"/files/{file_id}/content", f"download {file_id}"
+        ):
+            outcome = parse_result_line(line)
+            if outcome is not None:
+                yield outcome
 
     def cleanup(self, batch: ProviderBatch) -> None:
         for file_id in (batch.input_ref, batch.output_file_id, batch.error_file_id):
@@ -244,6 +221,8 @@ class AzureAdapter(OpenAIAdapter):
     """Azure OpenAI: `{base_url}/openai/v1/...`, or `{base_url}/openai/...?api-version=` when
     the profile names an `api_version` (the legacy API, whose create examples name the
     endpoint without `/v1`)."""
+
+    kind = AZURE
 
     def _client(self, timeout_s: float) -> httpx.Client:
         version = self.profile.api_version

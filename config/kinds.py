@@ -1,0 +1,107 @@
+"""Each provider kind's facts, in one place: what its Batch API accepts and how a profile of
+that kind is filled in.
+
+A kind is a wire protocol (`openai` for OpenAI and its resellers, `azure`, `anthropic` for
+Anthropic-style message batches). The profile settings (defaults and checks), intake and
+`batchrelay run` all read these facts, so a provider changing a limit is a change here only.
+Adding a kind is one `ProviderKind` here, its name in `settings.Kind` and an adapter in
+`worker.providers.ADAPTERS` (a test checks the three agree).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+MB = 1024 * 1024
+DAY_S = 86_400
+
+OPENAI_ENDPOINTS = (
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/completions",
+    "/v1/moderations",
+)
+MESSAGES_ENDPOINT = "/v1/messages"
+# Every kind so far finishes a batch within 24 hours or expires it.
+COMPLETION_WINDOWS: Mapping[str, int] = MappingProxyType({"24h": DAY_S})
+# Settings a kind without input files (requests inline in the create call) does not have.
+FILE_SETTINGS = frozenset({"file_expires_after_s", "file_lifetime_cap_s", "extra_upload_fields"})
+
+
+@dataclass(frozen=True)
+class ProviderKind:
+    """What one wire protocol's Batch API accepts, and the profile defaults that follow."""
+
+    name: str
+    endpoints: tuple[str, ...]
+    max_requests_per_batch: int
+    #: The input file's size; for inline requests, the whole create body.
+    max_bytes_per_batch: int
+    max_line_bytes: int
+    #: The header the API key travels in unless a profile says otherwise.
+    auth_style: str
+    #: Input files are uploaded first (False: the requests travel in the create call).
+    uploads_files: bool
+    #: The input-file expiry (seconds) an upload may ask for; None without input files.
+    file_expiry_s: tuple[int, int] | None
+    #: Profile settings only this kind has, beyond the file settings.
+    own_settings: frozenset[str] = frozenset()
+    #: Profile defaults only this kind has.
+    defaults: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    completion_windows: Mapping[str, int] = field(default_factory=lambda: COMPLETION_WINDOWS)
+
+    @property
+    def settings(self) -> frozenset[str]:
+        """Every kind-specific profile setting that applies to this kind."""
+        return self.own_settings | (FILE_SETTINGS if self.uploads_files else frozenset())
+
+
+OPENAI = ProviderKind(
+    name="openai",
+    endpoints=OPENAI_ENDPOINTS,
+    max_requests_per_batch=50_000,
+    max_bytes_per_batch=200 * MB,
+    max_line_bytes=10 * MB,
+    auth_style="bearer",
+    uploads_files=True,
+    file_expiry_s=(3_600, 30 * DAY_S),
+)
+AZURE = ProviderKind(
+    name="azure",
+    endpoints=OPENAI_ENDPOINTS,
+    max_requests_per_batch=100_000,
+    max_bytes_per_batch=200 * MB,
+    max_line_bytes=10 * MB,
+    auth_style="api-key",
+    uploads_files=True,
+    file_expiry_s=(14 * DAY_S, 30 * DAY_S),
+    own_settings=frozenset({"api_version"}),
+)
+ANTHROPIC = ProviderKind(
+    name="anthropic",
+    endpoints=(MESSAGES_ENDPOINT,),
+    max_requests_per_batch=100_000,
+    max_bytes_per_batch=256 * MB,
+    max_line_bytes=10 * MB,
+    auth_style="x-api-key",
+    uploads_files=False,
+    file_expiry_s=None,
+    own_settings=frozenset({"anthropic_version", "batches_path"}),
+    defaults=MappingProxyType(
+        {"anthropic_version": "2023-06-01", "batches_path": "/v1/messages/batches"}
+    ),
+)
+
+KINDS: Mapping[str, ProviderKind] = MappingProxyType(
+    {k.name: k for k in (OPENAI, AZURE, ANTHROPIC)}
+)
+# Every kind-specific profile setting, whichever kind has it.
+KIND_SETTINGS = frozenset().union(*(k.settings for k in KINDS.values()))
+
+
+def kinds_with(setting: str) -> tuple[str, ...]:
+    """The kinds a kind-specific profile setting applies to, in declaration order."""
+    return tuple(k.name for k in KINDS.values() if setting in k.settings)
