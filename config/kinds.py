@@ -2,8 +2,9 @@
 that kind is filled in.
 
 A kind is a wire protocol (`openai` for OpenAI and its resellers, `azure`, `anthropic` for
-Anthropic-style message batches). The profile settings (defaults and checks), intake and
-`batchrelay run` all read these facts, so a provider changing a limit is a change here only.
+Anthropic-style message batches, `gemini` for the Gemini Developer API's Batch Mode). The
+profile settings (defaults and checks), intake and `batchrelay run` all read these facts, so
+a provider changing a limit is a change here only.
 Adding a kind is one `ProviderKind` here, its name in `settings.Kind` and an adapter in
 `worker.providers.ADAPTERS` (a test checks the three agree).
 """
@@ -25,6 +26,10 @@ OPENAI_ENDPOINTS = (
     "/v1/moderations",
 )
 MESSAGES_ENDPOINT = "/v1/messages"
+# Gemini's endpoints are methods of a model: a request's path names the model
+# (`/v1beta/models/{model}:generateContent`), intake takes the model from it and groups by
+# the method alone.
+GEMINI_ENDPOINTS = ("generateContent", "embedContent")
 # Every kind so far finishes a batch within 24 hours or expires it.
 COMPLETION_WINDOWS: Mapping[str, int] = MappingProxyType({"24h": DAY_S})
 # Settings a kind without input files (requests inline in the create call) does not have.
@@ -95,8 +100,27 @@ ANTHROPIC = ProviderKind(
     ),
 )
 
+GEMINI = ProviderKind(
+    name="gemini",
+    endpoints=GEMINI_ENDPOINTS,
+    # Google states no request count per batch; this is our default, not a provider limit.
+    max_requests_per_batch=100_000,
+    # The JSONL input file; batches under the 20 MB create limit travel inline instead.
+    max_bytes_per_batch=2 * 1024 * MB,
+    max_line_bytes=20 * MB,
+    auth_style="x-goog-api-key",
+    # The adapter uploads an input file itself, inside `create`, only for batches too large to
+    # send inline; Google keeps files 48 h whatever the upload asks, so no file settings.
+    uploads_files=False,
+    file_expiry_s=None,
+    own_settings=frozenset({"api_version"}),
+    defaults=MappingProxyType({"api_version": "v1beta", "completion_window": "48h"}),
+    # A batch still pending or running after 48 hours is EXPIRED.
+    completion_windows=MappingProxyType({"48h": 2 * DAY_S}),
+)
+
 KINDS: Mapping[str, ProviderKind] = MappingProxyType(
-    {k.name: k for k in (OPENAI, AZURE, ANTHROPIC)}
+    {k.name: k for k in (OPENAI, AZURE, ANTHROPIC, GEMINI)}
 )
 # Every kind-specific profile setting, whichever kind has it.
 KIND_SETTINGS = frozenset().union(*(k.settings for k in KINDS.values()))

@@ -41,8 +41,8 @@ DEFAULT_CHARS_PER_TOKEN = 4.0
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
-Kind = Literal["openai", "azure", "anthropic"]
-AuthStyle = Literal["bearer", "x-api-key", "api-key"]
+Kind = Literal["openai", "azure", "anthropic", "gemini"]
+AuthStyle = Literal["bearer", "x-api-key", "api-key", "x-goog-api-key"]
 
 
 class ProviderProfile(BaseModel):

@@ -4,6 +4,8 @@ Paths served:
   /v1/files..., /v1/batches...              OpenAI
   /openai/v1/..., /openai/...?api-version=  Azure OpenAI (always on)
   /v1/messages/batches...                   Anthropic
+  /v1beta/..., /upload/..., /download/...   Gemini
+  /v1/... with a Google API key             Gemini (GeminiPathMiddleware)
   <anthropic_batches_path>...               Anthropic, as a reseller serves it
   /_emulator/...                            admin
 """
@@ -19,6 +21,11 @@ from batchrelay.emulator.routes_anthropic import (
     PATH_SCOPE_KEY,
     PREFIX_SCOPE_KEY,
     anthropic_router,
+)
+from batchrelay.emulator.routes_gemini import (
+    ORIGINAL_PATH_KEY,
+    VERSION_SCOPE_KEY,
+    gemini_routers,
 )
 from batchrelay.emulator.routes_openai import openai_router
 from fastapi import FastAPI, Request
@@ -94,10 +101,48 @@ class ResellerPathMiddleware:
         return anthropic, replay
 
 
+GEMINI_PREFIXES = ("/v1beta/", "/upload/", "/download/")
+
+
+def _google_keyed(scope: Scope) -> bool:
+    """A call carrying a Google API key (header or `key=` query), as every Gemini call does."""
+    headers = scope.get("headers", [])
+    query = scope.get("query_string", b"")
+    return any(k.lower() == b"x-goog-api-key" for k, _ in headers) or (
+        query.startswith(b"key=") or b"&key=" in query
+    )
+
+
+def _shape(scope: Scope) -> str:
+    path = scope.get(ORIGINAL_PATH_KEY, scope.get("path", ""))
+    if path.startswith(GEMINI_PREFIXES) or VERSION_SCOPE_KEY in scope or _google_keyed(scope):
+        return "gemini"
+    if path.startswith("/v1/messages") or PREFIX_SCOPE_KEY in scope:
+        return "anthropic"
+    return "openai"
+
+
 def _route_shape(request: Request) -> str:
-    path = request.url.path
-    anthropic = path.startswith("/v1/messages") or PREFIX_SCOPE_KEY in request.scope
-    return "anthropic" if anthropic else "openai"
+    return _shape(request.scope)
+
+
+class GeminiPathMiddleware:
+    """Gemini's /v1/ paths collide with OpenAI's (/v1/batches, /v1/files/...): a /v1/ call with
+    a Google API key goes to the Gemini routes (served at /v1beta/), which remember the
+    version it asked for."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path.startswith("/v1/") and _google_keyed(scope):
+            scope = dict(scope)
+            scope["path"] = "/v1beta/" + path[len("/v1/") :]
+            scope["raw_path"] = scope["path"].encode()
+            scope[VERSION_SCOPE_KEY] = "v1"
+            scope[ORIGINAL_PATH_KEY] = path
+        await self.app(scope, receive, send)
 
 
 class LostReplyMiddleware:
@@ -121,8 +166,8 @@ class LostReplyMiddleware:
             pass
 
         await self.app(scope, receive, swallow)
-        shape = "anthropic" if path.startswith("/v1/messages") else "openai"
-        body = server_error_body(shape, 500)
+        shape = _shape(scope)
+        body = server_error_body(shape, 500)  # type: ignore[arg-type]
         await ApiError(500, "injected: reply lost", body=body).to_response()(scope, receive, send)
 
 
@@ -154,8 +199,11 @@ def create_app(engine: Engine) -> FastAPI:
 
     app.include_router(admin_router())
     app.include_router(anthropic_router())
+    for prefix, router in gemini_routers():
+        app.include_router(router, prefix=prefix)
     for mount, flavor in OPENAI_MOUNTS.items():
         app.include_router(openai_router(flavor), prefix=mount)
     app.add_middleware(ResellerPathMiddleware, prefix=engine.config.anthropic_batches_path)
+    app.add_middleware(GeminiPathMiddleware)
     app.add_middleware(LostReplyMiddleware, engine=engine)  # outermost: sees the original path
     return app

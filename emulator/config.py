@@ -41,6 +41,7 @@ DEFAULT_MODELS = [
     "babbage-*",
     "davinci-*",
     "claude-*",
+    "gemini-*",
 ]
 
 
@@ -138,6 +139,9 @@ class EmulatorConfig(BaseSettings):
     max_batch_requests: int = Field(50_000, ge=1)
     max_anthropic_requests: int = Field(100_000, ge=1)
     max_anthropic_body_bytes: int = Field(256 * MB, ge=1)
+    # Gemini: the create call (inline requests) must stay under 20 MB; files hold up to 2 GB.
+    max_gemini_body_bytes: int = Field(20 * MB, ge=1)
+    max_gemini_file_bytes: int = Field(2048 * MB, ge=1)
 
     faults: Faults = Field(default_factory=Faults)
 

@@ -47,13 +47,16 @@ class BatchRecord(BaseModel):
     """One batch of either shape: what was asked, the plan drawn at creation, and outcomes."""
 
     id: str
-    shape: Literal["openai", "anthropic"]
-    flavor: Literal["openai", "azure", "anthropic"]
+    shape: Literal["openai", "anthropic", "gemini"]
+    flavor: Literal["openai", "azure", "anthropic", "gemini"]
     endpoint: str
     input_file_id: str
     completion_window: str = "24h"
     metadata: dict[str, str] | None = None
     output_expires_after_s: int | None = None
+    # Gemini: the batch's displayName and whether its requests came inline (so do results).
+    display_name: str = ""
+    inline: bool = False
     created_at: float
     seq: int = 0
     # Plan, fixed at creation.
