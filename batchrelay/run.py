@@ -1,4 +1,4 @@
-"""`batchrelay run FILE`: a whole OpenAI or Anthropic batch input file through the relay.
+"""`batchrelay run FILE`: a whole OpenAI, Anthropic or Gemini batch input file through the relay.
 
 The steps are plain functions so they can be tested without a terminal:
 
@@ -53,6 +53,7 @@ from batchrelay.producer.records import (
 ANTHROPIC_ENDPOINT = MESSAGES_ENDPOINT
 OPENAI_FIELDS = frozenset({"custom_id", "method", "url", "body"})
 ANTHROPIC_FIELDS = frozenset({"custom_id", "params"})
+GEMINI_FIELDS = frozenset({"key", "request"})
 CHUNK = 1000
 MAX_PROBLEMS = 20
 MAX_IDEMPOTENCY_KEY = 255
@@ -100,16 +101,38 @@ class Line:
     custom_id: str
     endpoint: str
     body: dict[str, Any]
-    kind: Literal["openai", "anthropic"]
+    kind: Literal["openai", "anthropic", "gemini"]
+
+
+def parse_gemini(where: str, obj: dict[str, Any]) -> Line:
+    """A Gemini batch line `{key, request}`: the request names its model in `request.model`
+    (as google-genai's inline requests do); `content` makes it an embedContent request."""
+    key, body = obj.get("key"), obj.get("request")
+    if not isinstance(key, str) or not key:
+        raise _LineError("needs 'key', a non-empty string")
+    if not isinstance(body, dict):
+        raise _LineError("'request' must be a JSON object (the Gemini API request)")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.removeprefix("models/"):
+        raise _LineError("a Gemini line's 'request' needs 'model', e.g. \"gemini-2.5-flash\"")
+    method = "embedContent" if "content" in body and "contents" not in body else "generateContent"
+    endpoint = f"/v1beta/models/{model.removeprefix('models/')}:{method}"
+    unknown = sorted(obj.keys() - GEMINI_FIELDS)
+    if unknown:
+        raise _LineError(f"unknown field(s) {unknown} in a Gemini request line")
+    return Line(where, key, endpoint, body, "gemini")
 
 
 def parse_entry(where: str, obj: Any) -> Line:
-    """An OpenAI batch line `{custom_id, method, url, body}` or an Anthropic request
-    `{custom_id, params}` (endpoint /v1/messages); `_LineError` says what is wrong."""
+    """An OpenAI batch line `{custom_id, method, url, body}`, an Anthropic request
+    `{custom_id, params}` (endpoint /v1/messages) or a Gemini line `{key, request}`;
+    `_LineError` says what is wrong."""
     if isinstance(obj, _Unreadable):
         raise _LineError(obj.reason)
     if not isinstance(obj, dict):
         raise _LineError(f"must be a JSON object, got {type(obj).__name__}")
+    if "request" in obj and "custom_id" not in obj:
+        return parse_gemini(where, obj)
     custom_id = obj.get("custom_id")
     if not isinstance(custom_id, str) or not custom_id:
         raise _LineError("needs 'custom_id', a non-empty string")
@@ -132,7 +155,7 @@ def parse_entry(where: str, obj: Any) -> Line:
     else:
         raise _LineError(
             "neither an OpenAI batch line {custom_id, method, url, body} nor an Anthropic "
-            "request {custom_id, params}"
+            "request {custom_id, params} nor a Gemini line {key, request}"
         )
     unknown = sorted(obj.keys() - allowed)
     if unknown:

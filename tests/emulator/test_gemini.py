@@ -103,6 +103,25 @@ def test_file_batch_upload_and_both_download_paths(emulator, tmp_path, version):
     )
     direct = raw(emulator, "GET", f"/download/{version}/{name}:download", params={"alt": "media"})
     assert direct.status_code == 200 and direct.content == content
+    gemini.files.delete(name=uploaded.name)
+    with pytest.raises(errors.ClientError) as gone:
+        gemini.files.get(name=uploaded.name)
+    assert gone.value.code == 403
+
+
+def test_malformed_output_faults(emulator, tmp_path):
+    gemini = client(emulator)
+    emulator.set_faults(malformed_output_next=1, malformed_output_kind="unparseable_line")
+    src = [{**prompt(i), "metadata": {"key": f"k{i}"}} for i in range(4)]
+    job = wait_job(gemini, gemini.batches.create(model=MODEL, src=src).name)
+    assert [r.metadata["key"] for r in job.dest.inlined_responses] == ["k1", "k2", "k3"]
+    emulator.set_faults(malformed_output_next=1, malformed_output_kind="truncated")
+    lines = [{"key": f"k{i}", "request": prompt(i)} for i in range(4)]
+    source = write_jsonl(tmp_path / "in.jsonl", lines)
+    uploaded = gemini.files.upload(file=source, config={"mime_type": "jsonl"})
+    job = wait_job(gemini, gemini.batches.create(model=MODEL, src=uploaded.name).name)
+    content = gemini.files.download(file=job.dest.file_name)
+    assert not content.endswith(b"\n") and content.count(b"\n") < 4
 
 
 def test_resumable_upload_in_chunks_checks_offsets(emulator):
@@ -151,12 +170,15 @@ def test_cancel_list_and_delete(emulator):
     assert cancelled.state.name == "JOB_STATE_CANCELLED" and cancelled.dest is None
     with pytest.raises(errors.ClientError) as ended:
         gemini.batches.cancel(name=jobs[0].name)
-    assert ended.value.code == 400
+    assert (ended.value.code, ended.value.status) == (400, "FAILED_PRECONDITION")
     gemini.batches.delete(name=jobs[1].name)
     with pytest.raises(errors.ClientError) as gone:
         gemini.batches.get(name=jobs[1].name)
     assert gone.value.code == 404 and gone.value.status == "NOT_FOUND"
     assert raw(emulator, "POST", f"/v1beta/{jobs[2].name}:delete").status_code == 200
+    done = wait_job(gemini, gemini.batches.create(model=MODEL, src=[prompt(0)]).name)
+    assert raw(emulator, "GET", f"/v1beta/{done.name}:delete").status_code == 200
+    assert raw(emulator, "GET", f"/v1beta/{done.name}").status_code == 404
 
 
 def test_expiry_leaves_no_results(emulator):
@@ -216,6 +238,8 @@ def test_keys_faults_and_limits(emulator, emulator_factory):
     assert httpx.get(emulator.base_url + "/v1beta/batches").status_code == 403
     bad = httpx.get(emulator.base_url + "/v1beta/batches", headers={"x-goog-api-key": "nope"})
     assert bad.status_code == 400 and bad.json()["error"]["message"].startswith("API key not")
+    by_query = httpx.get(emulator.base_url + "/v1/batches", params={"key": emulator.api_key})
+    assert by_query.json() == {"operations": []}
     # A /v1/ call without a Google key is OpenAI's.
     assert (
         "data"
@@ -232,6 +256,14 @@ def test_keys_faults_and_limits(emulator, emulator_factory):
     with pytest.raises(errors.ClientError) as unknown:
         gemini.batches.create(model="nope-1", src=[prompt(0)])
     assert unknown.value.code == 404
-    small = client(emulator_factory(max_gemini_body_bytes=2000))
+    small_emu = emulator_factory(max_gemini_body_bytes=2000, max_gemini_file_bytes=100)
+    small = client(small_emu)
     with pytest.raises(errors.ClientError, match="payload size exceeds the limit"):
         small.batches.create(model=MODEL, src=[prompt(i) for i in range(100)])
+    headers = {
+        "x-goog-upload-protocol": "resumable",
+        "x-goog-upload-command": "start",
+        "x-goog-upload-header-content-length": "101",
+    }
+    too_big = raw(small_emu, "POST", "/upload/v1beta/files", json={}, headers=headers)
+    assert too_big.status_code == 400 and "exceeds the limit" in too_big.text

@@ -11,7 +11,7 @@ import pytest
 from batchrelay.emulator import start_emulator
 from batchrelay.worker.packing import aggregate
 from batchrelay.worker.providers import ProviderError
-from batchrelay.worker.submission import submit_batch
+from batchrelay.worker.submission import create, submit_batch
 
 from tests.providers.helpers import Scenario
 from tests.relay.harness import drive, fast_emulator_config
@@ -74,10 +74,9 @@ def listed(emu) -> list[dict]:
     return httpx.get(emu.base_url + "/v1beta/batches", headers=headers).json()["operations"]
 
 
-@pytest.mark.parametrize("version", ["v1beta", "v1"])
-def test_inline_batches_every_result_kind_and_usage(relays, emu, receiver, version):
-    producer, worker = relays(emu, [profile(emu, api_version=version)])
-    run = scenario(producer, worker, emu, receiver, GENERATE.replace("v1beta", version))
+def test_inline_batches_every_result_kind_and_usage(relays, emu, receiver):
+    producer, worker = relays(emu, [profile(emu)])
+    run = scenario(producer, worker, emu, receiver)
     got = run.deliver(run.submit("plain"))
     for payload in got.values():
         assert payload["status"] == "succeeded" and payload["model"] == "gemini-2.5-flash"
@@ -89,6 +88,18 @@ def test_inline_batches_every_result_kind_and_usage(relays, emu, receiver, versi
     run.expired()
     run.cancelled()
     assert listed(emu) == []  # every collected batch was deleted at the provider
+
+
+def test_v1_paths(relays, emu, receiver):
+    """`api_version = "v1"` speaks /v1/ (google-genai's default since 3.0), and requests may
+    be submitted to /v1/ paths; both versions' requests share one group."""
+    producer, worker = relays(emu, [profile(emu, api_version="v1")])
+    run = scenario(producer, worker, emu, receiver, GENERATE.replace("v1beta", "v1"))
+    run.n = 5
+    emu.set_faults(http_error_rate=1.0, http_error_match="* /v1beta/*")  # v1beta is off limits
+    got = run.deliver(run.submit("v1"))
+    assert all(p["status"] == "succeeded" for p in got.values())
+    assert created(emu) == 1
 
 
 def test_file_batches_survive_faults_and_cut_downloads(relays, emu, receiver):
@@ -116,7 +127,15 @@ def test_file_batches_survive_faults_and_cut_downloads(relays, emu, receiver):
     got = run.deliver(sent)
     assert all(p["status"] == "succeeded" and p["attempts"] == 1 for p in got.values())
     assert Counter(len(d) for d in receiver.by_id().values()) == Counter({1: run.n})
+
+    # Without faults (a failed cleanup call is not retried), collected batches leave nothing
+    # behind: their input and responses files and the batches are deleted.
+    def left() -> set[str]:
+        return set(emu.engine.store.files) | {op["name"] for op in listed(emu)}
+
+    before = left()
     run.expired()
+    assert left() == before
 
 
 def test_embeddings(relays, emu, receiver):
@@ -151,7 +170,6 @@ def test_a_lost_create_reply_is_adopted_by_display_name(relays, emu, receiver):
 def test_a_create_lost_before_a_crash_is_adopted_not_repeated(relays, emu):
     """The worker died after the create and before recording it: the next submit finds the
     batch by its displayName instead of paying for a second one."""
-    from batchrelay.worker.submission import create
 
     producer, worker = relays(emu, [profile(emu)])
     ids = producer.submit_many(

@@ -12,7 +12,12 @@ from batchrelay.config import ConfigurationError, load_settings
 from batchrelay.producer import errors
 from batchrelay.producer.intake import Intake
 from batchrelay.producer.records import response_usage
-from batchrelay.worker.providers.gemini import GeminiAdapter, inline_chunks
+from batchrelay.worker.providers.gemini import (
+    GeminiAdapter,
+    inline_chunks,
+    parse_operation,
+    parse_result,
+)
 from batchrelay.worker.providers.http import auth_headers
 
 KEY = "gm-secret-key"
@@ -125,3 +130,57 @@ def test_inline_body_is_cut_from_the_spool_exactly(tmp_path: Path):
     adapter.inline_limit = size
     assert adapter._inline_size(spool, envelope) is None  # at the limit: a file batch
     adapter.close()
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "kind"),
+    [
+        (429, "RESOURCE_EXHAUSTED", "retry"),
+        (500, "INTERNAL", "retry"),
+        (503, "UNAVAILABLE", "retry"),
+        (504, "DEADLINE_EXCEEDED", "retry"),
+        (400, "INVALID_ARGUMENT", "fail"),
+        (404, "NOT_FOUND", "fail"),
+        (403, "PERMISSION_DENIED", "fail"),
+    ],
+)
+def test_error_results_are_retried_or_final_by_status(code, status, kind):
+    error = {"code": code, "message": "m", "status": status}
+    outcome = parse_result({"key": "r_1", "error": error})
+    assert (outcome.custom_id, outcome.kind, outcome.status_code) == ("r_1", kind, code)
+    payload = orjson.loads(outcome.payload)
+    assert (payload["code"], payload["status_code"], payload["body"]) == (status, code, error)
+    inline = parse_result({"metadata": {"key": "r_2"}, "response": {"candidates": []}})
+    assert (inline.custom_id, inline.kind) == ("r_2", "ok")
+    assert parse_result({"response": {}}) is None  # no key: skipped, logged
+
+
+def test_operation_states_map_onto_the_relays():
+    def op(state: str, **extra) -> dict:
+        meta = {"name": "batches/b", "state": state, "displayName": "bid", **extra}
+        return {"name": "batches/b", "metadata": meta}
+
+    mapped = {
+        s: parse_operation(op(f"BATCH_STATE_{s}")).status
+        for s in ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED")
+    }
+    assert mapped == {
+        "PENDING": "validating",
+        "RUNNING": "in_progress",
+        "SUCCEEDED": "completed",
+        "FAILED": "failed",
+        "CANCELLED": "cancelled",
+        "EXPIRED": "expired",
+    }
+    failed = parse_operation({**op("BATCH_STATE_FAILED"), "error": {"code": 3, "message": "x"}})
+    assert failed.terminal and failed.errors == [{"code": 3, "message": "x"}]
+    done = parse_operation(
+        op(
+            "BATCH_STATE_SUCCEEDED",
+            batchStats={"requestCount": "3", "successfulRequestCount": "2"},
+            output={"responsesFile": "files/batch-b"},
+            inputConfig={"fileName": "files/in"},
+        )
+    )
+    assert done.counts == {"total": 3, "completed": 2, "failed": 0, "pending": 0}
+    assert (done.output_file_id, done.input_ref) == ("files/batch-b", "files/in")

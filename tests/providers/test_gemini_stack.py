@@ -27,11 +27,11 @@ def test_gemini_through_worker_and_beat(redis_url, tmp_path):
             "kind": "gemini",
             "base_url": emu.base_url,
             "models": ["gemini-*"],
-            "max_requests_per_batch": 40,
+            "max_requests_per_batch": 20,
             "max_line_bytes": 30 * MB,
         }
         settings = relay_settings(
-            redis_url, emu, profile=profile, lease_s=8, http_timeout_s=5, tick_s=0.25
+            redis_url, emu, profile=profile, lease_s=3, http_timeout_s=2, tick_s=0.25
         )
         emu.set_faults(
             expire_next=1,
@@ -48,7 +48,7 @@ def test_gemini_through_worker_and_beat(redis_url, tmp_path):
             stack.start_beat()
             hook = Webhook(receiver.url + "/in")
             texts = {
-                f"note {i}": "/v1beta/models/gemini-2.5-flash:generateContent" for i in range(120)
+                f"note {i}": "/v1beta/models/gemini-2.5-flash:generateContent" for i in range(60)
             }
             big = "x" * (21 * MB)  # alone over the inline limit: a file batch
             texts[big] = "/v1/models/gemini-2.5-pro:generateContent"
@@ -69,7 +69,7 @@ def test_gemini_through_worker_and_beat(redis_url, tmp_path):
                 if payload["attempts"] > 1:
                     expired += 1
                     assert producer.status(rid).last_error["code"] == "batch_expired"
-            assert 0 < expired <= 40
+            assert 0 < expired <= 20
             stats = emu.stats()
             assert stats["downloads_cut"] == 1 and stats["http_faults_injected"] > 0, stats
             assert stats["files_uploaded"] >= 1

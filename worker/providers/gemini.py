@@ -140,6 +140,9 @@ class GeminiAdapter(http.RetryingCalls, BatchAdapter):
         self.max_retries = settings.http_max_retries
         self.version = profile.api_version
         self.client = http.client(profile, settings.http_timeout_s)
+        # Input files uploaded for creates not yet answered, by batch id: a retried create
+        # names the same file instead of uploading another.
+        self._uploaded: dict[str, str] = {}
 
     def close(self) -> None:
         self.client.close()
@@ -209,7 +212,9 @@ class GeminiAdapter(http.RetryingCalls, BatchAdapter):
                 yield close
 
         else:
-            file_body = head + orjson.dumps({"fileName": self.upload(path, model=model)}) + b"}}"
+            if bid not in self._uploaded:
+                self._uploaded[bid] = self.upload(path, model=model)
+            file_body = head + orjson.dumps({"fileName": self._uploaded[bid]}) + b"}}"
             size = len(file_body)
 
             def body() -> Iterator[bytes]:
@@ -224,7 +229,13 @@ class GeminiAdapter(http.RetryingCalls, BatchAdapter):
                 headers={"content-type": "application/json", "content-length": str(size)},
             )
 
-        response = self._call("create batch", send, idempotent=False)
+        try:
+            response = self._call("create batch", send, idempotent=False)
+        except ProviderError as exc:
+            if not exc.retryable:  # refused: a later attempt starts afresh
+                self._uploaded.pop(bid, None)
+            raise
+        self._uploaded.pop(bid, None)
         return parse_operation(response.json())
 
     def _inline_size(self, path: Path, envelope: int) -> int | None:
