@@ -17,9 +17,10 @@ import orjson
 import psutil
 import pytest
 from batchrelay.config import load_settings
+from batchrelay.emulator import start_emulator
 from batchrelay.producer import BatchRelay, UnknownModelError, Webhook
 
-from batchrelay.stack import EmbeddedStack, StackError
+from batchrelay.stack import EmbeddedStack, StackError, emulator_profiles
 from tests._receiver import WebhookReceiver
 from tests._stack import ROOT
 
@@ -155,6 +156,16 @@ def test_dev_reports_a_dead_redis_and_keeps_the_logs(tmp_path):
         assert "Ready to accept connections" in (logdir / "redis.log").read_text()
     finally:
         shutil.rmtree(logdir.parent, ignore_errors=True)
+
+
+def test_dev_profiles_follow_the_emulators_models():
+    with start_emulator(port=0, models=["gpt-4o*", "claude-3*", "o[0-9]*"]) as emu:
+        profiles = emulator_profiles(emu)
+    assert [(p["name"], p.get("kind", "openai"), p["models"]) for p in profiles] == [
+        ("emulator", "openai", ["gpt-4o*", "o[0-9]*"]),
+        ("emulator-anthropic", "anthropic", ["claude-3*"]),
+    ]
+    assert profiles[1]["base_url"] == emu.anthropic_base_url
 
 
 def test_dev_children_exit_when_dev_is_sigkilled(tmp_path):
