@@ -237,7 +237,7 @@ def openai_router(flavor: str) -> APIRouter:
                         "missing_required_parameter",
                     )
             limit = config.max_batch_file_bytes if purpose == "batch" else MAX_FILE_BYTES
-            if upload.truncated or upload.size > limit:
+            if upload.size > limit:
                 raise bad_request("openai", "File is too large.")
             if purpose == "batch":
                 if not upload.filename.lower().endswith(".jsonl"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import orjson
+from batchrelay.emulator.bodies import JSON_BODY_LIMIT, read_bounded
 from batchrelay.emulator.errors import Shape, bad_request
 from fastapi import Request, Response
 
@@ -26,7 +27,8 @@ def type_name(value: object) -> str:
 
 
 async def read_json_object(request: Request, shape: Shape) -> dict:
-    raw = await request.body()
+    """The body as a JSON object; over `JSON_BODY_LIMIT` bytes it is refused unread (413)."""
+    raw = await read_bounded(request, JSON_BODY_LIMIT, shape)
     try:
         body = orjson.loads(raw) if raw.strip() else {}
     except orjson.JSONDecodeError:

@@ -143,6 +143,18 @@ if cmd == 'settle' then
   return {counts.ok, counts.fail, counts.retry, counts.requeue, counts.stale}
 end
 
+-- Give back what `bid` holds in a profile's tokens hash; the hash goes once nothing is held,
+-- so a model used once does not leave a `total` of 0 behind forever.
+local function give_back_tokens(key, bid)
+  local held = redis.call('HGET', key, bid)
+  if not held then return false end
+  redis.call('HDEL', key, bid)
+  if redis.call('HINCRBY', key, 'total', -tonumber(held)) == 0 and redis.call('HLEN', key) == 1 then
+    redis.call('DEL', key)
+  end
+  return true
+end
+
 -- reserve: hold a batch-in-flight slot and enqueued tokens at one provider profile for one
 -- batch, or hold nothing there. Repeating it for the same batch updates its tokens (a new
 -- estimate); a refusal drops what the batch held, so a refused batch never keeps a share.
@@ -162,9 +174,7 @@ if cmd == 'reserve' then
   local tokens_ok = budget == 0 or others + tokens <= budget or others == 0
   if not (force or (slot_ok and tokens_ok)) then
     redis.call('HDEL', KEYS[1], bid)
-    if redis.call('HDEL', KEYS[2], bid) == 1 then
-      redis.call('HINCRBY', KEYS[2], 'total', -held)
-    end
+    give_back_tokens(KEYS[2], bid)
     return 0
   end
   redis.call('HSET', KEYS[1], bid, model)
@@ -177,14 +187,8 @@ end
 -- KEYS: live, tokens (as for reserve)
 -- ARGV: 'release', -, bid
 if cmd == 'release' then
-  local held = redis.call('HGET', KEYS[2], ARGV[3])
   redis.call('HDEL', KEYS[1], ARGV[3])
-  if held then
-    redis.call('HDEL', KEYS[2], ARGV[3])
-    redis.call('HINCRBY', KEYS[2], 'total', -tonumber(held))
-    return 1
-  end
-  return 0
+  return give_back_tokens(KEYS[2], ARGV[3]) and 1 or 0
 end
 
 -- intake: store requests of one group, each (record, pending entry, byte count) unless its

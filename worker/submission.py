@@ -20,7 +20,7 @@ import orjson
 from batchrelay.config import ProviderProfile
 from batchrelay.producer.keys import tag_of
 from batchrelay.worker import capacity
-from batchrelay.worker.context import CLAIMED, DONE, SUBMITTED, UPLOADED, Relay
+from batchrelay.worker.context import CLAIMED, SUBMITTED, UPLOADED, Relay
 from batchrelay.worker.packing import iter_item_ids, iter_items, write_input
 from batchrelay.worker.providers import (
     BatchAdapter,
@@ -246,8 +246,7 @@ def refuse(relay: Relay, bid: str, rec: dict[str, str], exc: ProviderError) -> N
     )
     for ids in iter_item_ids(relay, bid):
         settle(relay, bid, "", [(rid, "retry", 0, error) for rid in ids])
-    relay.set_batch(bid, state=DONE, error=str(exc), collected=relay.now())
-    relay.redis.zrem(relay.keys.inflight(tag_of(bid)), bid)
+    relay.finish_batch(bid, error=str(exc))
     capacity.release(relay, rec["profile"], rec["model"], bid)
     relay.redis.set(
         relay.keys.backoff(tag_of(bid)), 1, px=int(relay.settings.poll_interval_s * 1000)
