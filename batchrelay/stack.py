@@ -33,13 +33,13 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Annotated, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import redis
 import typer
 
 from batchrelay.config import ConfigurationError, Settings, load_settings
+from batchrelay.producer.core import masked_url as redacted
 
 if TYPE_CHECKING:  # the emulator (FastAPI, uvicorn) is imported only when a stack starts
     from batchrelay.emulator import EmulatorConfig, EmulatorHandle
@@ -440,16 +440,6 @@ class EmbeddedStack:
         if self.workdir is not None and self._given_workdir is None:
             shutil.rmtree(self.workdir, ignore_errors=True)
         self._started = False
-
-
-def redacted(url: str) -> str:
-    """A Redis URL fit for a log line: any password replaced by ***."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _check_redis(url: str) -> None:

@@ -4,7 +4,8 @@ Importing it pulls in redis-py and pydantic, never Celery.
 """
 
 from batchrelay.producer.callbacks import CeleryTask, Webhook
-from batchrelay.producer.client import AsyncBatchRelay, BatchRelay, SubmitItem
+from batchrelay.producer.client import AsyncBatchRelay, BatchRelay
+from batchrelay.producer.core import SubmitItem
 from batchrelay.producer.errors import (
     BatchRelayError,
     CancelError,
@@ -14,6 +15,7 @@ from batchrelay.producer.errors import (
     InvalidMetadataError,
     InvalidRequestError,
     MissingModelError,
+    RelayUnavailableError,
     RequestNotFoundError,
     RequestTooLargeError,
     ResultTimeoutError,
@@ -21,7 +23,7 @@ from batchrelay.producer.errors import (
     UnknownEndpointError,
     UnknownModelError,
 )
-from batchrelay.producer.records import RequestStatus
+from batchrelay.producer.records import RequestStatus, StateCounts
 
 __all__ = [
     "AsyncBatchRelay",
@@ -35,8 +37,10 @@ __all__ = [
     "InvalidMetadataError",
     "InvalidRequestError",
     "MissingModelError",
+    "RelayUnavailableError",
     "RequestNotFoundError",
     "RequestStatus",
+    "StateCounts",
     "RequestTooLargeError",
     "ResultTimeoutError",
     "StreamingNotSupportedError",

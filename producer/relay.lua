@@ -221,6 +221,26 @@ if cmd == 'intake' then
   return {stored, fresh}
 end
 
+-- idem: take an idempotency key for a new request, or say who holds it. The key's value is
+-- "rid fingerprint", the fingerprint covering endpoint, body, callback and metadata, so the
+-- same key with any other field is a conflict, decided in one atomic step (the key is in no
+-- group's hash slot, so it cannot share a call with `intake`). A repeat by the holder (a
+-- pipeline sent again after NOSCRIPT) counts as taken.
+-- KEYS: idempotency key
+-- ARGV: 'idem', -, rid, fingerprint, ttl_s
+-- Returns {holder rid, 1 if this rid holds it, 1 if the holder's fingerprint differs}.
+if cmd == 'idem' then
+  local cur = redis.call('GET', KEYS[1])
+  if not cur then
+    redis.call('SET', KEYS[1], ARGV[3] .. ' ' .. ARGV[4], 'EX', ARGV[5])
+    return {ARGV[3], 1, 0}
+  end
+  local sep = string.find(cur, ' ', 1, true)
+  local owner, fingerprint = string.sub(cur, 1, sep - 1), string.sub(cur, sep + 1)
+  if owner == ARGV[3] then return {owner, 1, 0} end
+  return {owner, 0, fingerprint ~= ARGV[4] and 1 or 0}
+end
+
 -- unclaim: give back an idempotency key a failed submit took, if it still holds that value.
 -- KEYS: idempotency key
 -- ARGV: 'unclaim', -, value
