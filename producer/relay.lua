@@ -1,7 +1,10 @@
 -- batchrelay's atomic steps, one script (as dramatiq's dispatch.lua): ARGV[1] names the command.
+-- Every call goes through producer/commands.py: one typed Python function per command builds
+-- its KEYS (from producer/keys.py) and ARGV, so this file and that one change together.
 --
--- Every key a command touches belongs to one group and carries the group's {hash tag}, so the
--- script is valid on a Redis Cluster. Request records are addressed as req_prefix .. id, the
+-- Every key a command touches belongs to one group and carries the group's {hash tag} (or is
+-- one provider profile's keys, for reserve and release, or one idempotency key, for idem and
+-- unclaim), so the script is valid on a Redis Cluster. Request records are addressed as req_prefix .. id, the
 -- prefix being a key of the same group. Redis runs a script alone, so each command is atomic
 -- with respect to submit(), cancel() and the other commands; a crash never leaves half of one.
 --
