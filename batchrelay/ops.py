@@ -257,7 +257,7 @@ def _batch_or_exit(relay: Any, batch_id: str) -> dict[str, str]:
 @reads_redis
 def requests_show(request_id: str) -> None:
     """Where one request is, and its result once final."""
-    from batchrelay.producer import BatchRelay, RequestNotFoundError
+    from batchrelay import BatchRelay, RequestNotFoundError
 
     with BatchRelay(_settings()) as producer:
         try:

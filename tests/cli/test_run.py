@@ -13,8 +13,8 @@ from pathlib import Path
 import orjson
 import pytest
 from batchrelay.config.prices import DEFAULT_PRICES
-from batchrelay.producer import BatchRelay
 
+from batchrelay import BatchRelay
 from batchrelay import run as run_module
 from tests._stack import ROOT
 from tests.cli.conftest import (

@@ -11,15 +11,8 @@ import pytest
 from batchrelay.config import load_settings
 from batchrelay.producer.intake import Intake
 
-from batchrelay.run import (
-    ANTHROPIC_ENDPOINT,
-    InputFileError,
-    count,
-    idempotency_key,
-    scan,
-    tokens,
-    usd,
-)
+from batchrelay.batchfile import ANTHROPIC_ENDPOINT, InputFileError, idempotency_key, scan
+from batchrelay.run import count, tokens, usd
 from tests.cli.conftest import chat_line, write_jsonl
 
 

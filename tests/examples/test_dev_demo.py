@@ -18,8 +18,8 @@ import psutil
 import pytest
 from batchrelay.config import load_settings
 from batchrelay.emulator import start_emulator
-from batchrelay.producer import BatchRelay, UnknownModelError, Webhook
 
+from batchrelay import BatchRelay, UnknownModelError, Webhook
 from batchrelay.stack import EmbeddedStack, StackError, emulator_profiles
 from tests._receiver import WebhookReceiver
 from tests._stack import ROOT

@@ -13,7 +13,6 @@ import time
 import pytest
 import redis
 from batchrelay.emulator import start_emulator
-from batchrelay.producer import BatchRelay, Webhook
 from batchrelay.producer.keys import tag_of
 from batchrelay.worker.context import SUBMITTED, Relay
 from batchrelay.worker.delivery import dead_letters, replay
@@ -21,6 +20,7 @@ from batchrelay.worker.packing import aggregate
 from batchrelay.worker.submission import submit_batch
 from batchrelay.worker.sweep import RETIRED_WATCH_MS, sweep
 
+from batchrelay import BatchRelay, Webhook
 from tests._receiver import WebhookReceiver
 from tests.relay.harness import CHAT, all_final, chat, drive, fast_emulator_config, relay_settings
 

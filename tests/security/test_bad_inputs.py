@@ -24,22 +24,25 @@ import orjson
 import pytest
 import redis
 from batchrelay.config import ConfigurationError, Settings
-from batchrelay.producer import (
+from typer.testing import CliRunner, Result
+
+from batchrelay import (
     BatchRelay,
+    CeleryTask,
     IdempotencyConflictError,
     InvalidCallbackError,
     InvalidMetadataError,
     InvalidRequestError,
     MissingModelError,
+    RelayUnavailableError,
     RequestTooLargeError,
     StreamingNotSupportedError,
     UnknownEndpointError,
     UnknownModelError,
     Webhook,
 )
-from typer.testing import CliRunner, Result
-
 from batchrelay.cli import app
+from tests._redis import free_port
 from tests._stack import ROOT, settings_env
 from tests.relay.harness import CHAT, chat, relay_settings
 
@@ -54,6 +57,8 @@ NOT_JSON = "n/a (not expressible in JSON)"
 NO_METADATA = "n/a (`run` keeps only the custom_id as metadata)"
 NO_CALLBACK = "n/a (a batch line has no callback)"
 NO_KEY = "n/a (`run` derives the key from the file)"
+NOT_UTF8 = "n/a (a file is UTF-8: `not valid JSON`)"
+NAN = float("nan")
 
 # (README wording, endpoint, body, keyword arguments, exception, words the message contains, run)
 MATRIX = [
@@ -79,8 +84,14 @@ MATRIX = [
     ("callback to a link-local address", CHAT, OK, {"callback": Webhook("http://169.254.169.254/")}, InvalidCallbackError, "link-local", NO_CALLBACK),
     ("callback host that does not resolve", CHAT, OK, {"callback": Webhook("https://nowhere.invalid/")}, InvalidCallbackError, "resolve", NO_CALLBACK),
     ("idempotency key that is empty", CHAT, OK, {"idempotency_key": ""}, InvalidRequestError, "idempotency_key", NO_KEY),
+    ("idempotency key that is not valid Unicode", CHAT, OK, {"idempotency_key": "bad\ud800"}, InvalidRequestError, "idempotency_key is not valid Unicode", NO_KEY),
+    ("model that is not valid Unicode", CHAT, chat("x", "gpt-\ud800"), {}, InvalidRequestError, "body 'model' is not valid Unicode", NOT_UTF8),
+    ("NaN or Infinity in the body", CHAT, {**OK, "temperature": NAN}, {}, InvalidRequestError, "body.temperature is nan", NOT_JSON),
+    ("NaN or Infinity in the metadata", CHAT, OK, {"metadata": {"score": -float("inf")}}, InvalidMetadataError, "metadata.score is -inf", NO_METADATA),
 ]  # fmt: skip
-REUSED_KEY = ("idempotency key reused with another body", NO_KEY)  # its own test below
+# Rows with their own tests below: (README wording, the `batchrelay run` column).
+REUSED_KEY = ("idempotency key reused with another endpoint, body, callback or metadata", NO_KEY)
+UNREACHABLE = ("Redis that cannot be reached", "exit 1, the same message")
 
 
 def rows(table: list[tuple]) -> list[Any]:
@@ -189,11 +200,15 @@ def test_submit_many_refuses_the_whole_call(relay, what, endpoint, body, kw, exc
     assert relay.redis.dbsize() == 0
 
 
-def test_idempotency_key_reused_with_another_body(relay):
+def test_idempotency_key_reused_with_another_field(relay):
     rid = relay.submit(CHAT, chat("a"), idempotency_key="k")
     before = relay.redis.dbsize()
     with pytest.raises(IdempotencyConflictError, match=rid):
         relay.submit(CHAT, chat("b"), idempotency_key="k")
+    with pytest.raises(IdempotencyConflictError, match=rid):
+        relay.submit(CHAT, chat("a"), idempotency_key="k", metadata={"user": 1})
+    with pytest.raises(IdempotencyConflictError, match=rid):
+        relay.submit(CHAT, chat("a"), idempotency_key="k", callback=CeleryTask("app.got"))
     with pytest.raises(IdempotencyConflictError):
         relay.submit_many(
             [
@@ -204,6 +219,26 @@ def test_idempotency_key_reused_with_another_body(relay):
     assert relay.redis.dbsize() == before  # "fresh" was taken, then given back
     other = relay.submit(CHAT, chat("d"), idempotency_key="fresh")
     assert relay.status(other).state == "pending"
+
+
+def unreachable(redis_url: str) -> tuple[Settings, str]:
+    """The bad-input settings with a password, pointing at a port where no Redis listens."""
+    port = free_port()
+    url = f"redis://:pw-never-shown@127.0.0.1:{port}/0"
+    settings = bad_input_settings(redis_url).model_copy(update={"redis_url": url})
+    return settings, f"redis://:***@127.0.0.1:{port}/0"
+
+
+def test_unreachable_redis_is_named_with_its_password_masked(redis_url):
+    settings, masked = unreachable(redis_url)
+    with BatchRelay(settings) as relay:
+        for call in (
+            lambda: relay.submit(CHAT, OK),
+            lambda: relay.submit_many([{"endpoint": CHAT, "body": OK}]),
+        ):
+            with pytest.raises(RelayUnavailableError) as info:
+                call()
+            assert masked in str(info.value) and "pw-never-shown" not in str(info.value)
 
 
 def test_allow_list_permits_what_it_names(relay):
@@ -258,6 +293,15 @@ def test_run_refuses_the_file_naming_the_line(cli, what, endpoint, body, kw, exc
     assert result.exit_code == 2, f"{what}: {result.output}"
     assert "cannot be run" in output and words in output.partition("line 3: ")[2], output
     assert cli.stored() == []
+
+
+def test_run_says_redis_cannot_be_reached(redis_url, tmp_path, monkeypatch):
+    settings, masked = unreachable(redis_url)
+    use_environment(monkeypatch, tmp_path, settings_env(settings))
+    monkeypatch.setenv("COLUMNS", "200")
+    result, output = Cli(redis_url, tmp_path).run(line("q2"))
+    assert result.exit_code == 1, result.output
+    assert f"Redis at {masked} is unavailable" in output and "pw-never-shown" not in output
 
 
 @pytest.mark.parametrize(("what", "third", "words"), rows(RUN_MATRIX))
@@ -397,6 +441,8 @@ def test_readme_carries_the_same_tables():
         assert f"`{exc.__name__}`" in rows[what][1] and rows[what][2] == run, rows[what]
     assert rows[REUSED_KEY[0]][2] == REUSED_KEY[1]
     assert "`IdempotencyConflictError`" in rows[REUSED_KEY[0]][1]
+    assert rows[UNREACHABLE[0]][2] == UNREACHABLE[1]
+    assert "`RelayUnavailableError`" in rows[UNREACHABLE[0]][1]
     for what, _third, words in RUN_MATRIX:
         assert what in rows, what
         assert f"`{words}`" in rows[what][1], rows[what]
@@ -405,7 +451,8 @@ def test_readme_carries_the_same_tables():
         assert rows[what][1:] == [f"`{named}`", producer, run, worker], rows[what]
     expected = {r[0] for r in MATRIX} | {r[0] for r in RUN_MATRIX} | {r[0] for r in CONFIG_MATRIX}
     headers = {"bad input", "bad line", "bad setting"}
-    assert set(rows) == expected | {REUSED_KEY[0]} | headers, set(rows) ^ expected
+    own = {REUSED_KEY[0], UNREACHABLE[0]}
+    assert set(rows) == expected | own | headers, set(rows) ^ expected
 
 
 def test_callback_is_checked_again_at_delivery(redis_url):
