@@ -47,6 +47,7 @@ from batchrelay.batchfile import (
 )
 from batchrelay.config import ConfigurationError, Settings, load_settings
 from batchrelay.config.prices import PriceTable, load_prices
+from batchrelay.formatting import plural
 from batchrelay.producer.intake import Intake
 from batchrelay.producer.keys import tag_of
 from batchrelay.producer.records import FAILED, SUCCEEDED
@@ -183,50 +184,64 @@ def write_results(producer: BatchRelay, plan: Plan, ids: Sequence[str], out: Pat
 
 
 def cost_table(summary: Summary, prices: PriceTable) -> tuple[Table, list[str]]:
-    """The usage and cost table (compact enough for 80 columns), and the models it has no
-    price for."""
+    """The usage and cost table, and the models it has no price for.
+
+    Readable at 80 columns: model names are never wrapped or cut, figures never shortened. The
+    synchronous price is left to the caption (saving = synchronous - batch), and a `failed`
+    column shows only when a request failed.
+    """
+    by_model = sorted(summary.by_model.items())
+    any_failed = any(u.requests > u.succeeded for _, u in by_model)
     table = Table(
         title="Usage and cost (USD)",
         box=box.SIMPLE_HEAD,
         title_justify="left",
+        caption_justify="left",
         pad_edge=False,
         collapse_padding=True,
     )
-    table.add_column("model", overflow="fold", min_width=10)
-    for name in ("requests", "failed", "in tokens", "out tokens", "batch", "sync", "saving"):
+    table.add_column("model", no_wrap=True, min_width=max((len(m) for m, _ in by_model), default=5))
+    for name in ("requests", *(("failed",) if any_failed else ()), "in", "out", "batch", "saving"):
         table.add_column(name, justify="right", no_wrap=True)
-    totals = [0.0, 0.0]
+    batch_total = sync_total = 0.0
     unpriced = []
     all_usage = ModelUsage()
-    for model, u in sorted(summary.by_model.items()):
+    for model, u in by_model:
         for name in ("requests", "succeeded", "input_tokens", "output_tokens"):
             setattr(all_usage, name, getattr(all_usage, name) + getattr(u, name))
         price = prices.lookup(model)
         if price is None:
             unpriced.append(model)
-            money = ["-", "-", "-"]
+            money = ["-", "-"]
         else:
             batch = price.batch_cost(u.input_tokens, u.output_tokens)
             sync = price.sync_cost(u.input_tokens, u.output_tokens)
-            totals[0] += batch
-            totals[1] += sync
-            money = [usd(batch), usd(sync), usd(sync - batch)]
-        table.add_row(model, *_usage_cells(u), *money)
-    if len(summary.by_model) > 1:
-        batch, sync = totals
+            batch_total += batch
+            sync_total += sync
+            money = [usd(batch), usd(sync - batch)]
+        table.add_row(model, *_usage_cells(u, any_failed), *money)
+    if len(by_model) > 1:
         table.add_section()
-        table.add_row("total", *_usage_cells(all_usage), usd(batch), usd(sync), usd(sync - batch))
+        table.add_row(
+            "total",
+            *_usage_cells(all_usage, any_failed),
+            usd(batch_total),
+            usd(sync_total - batch_total),
+        )
+    if sync_total:
+        table.caption = (
+            f"in/out: tokens. Synchronous price {usd(sync_total)}, batch {usd(batch_total)}: "
+            f"saved {usd(sync_total - batch_total)} ({1 - batch_total / sync_total:.0%})."
+        )
     return table, unpriced
 
 
-def _usage_cells(u: ModelUsage) -> list[str]:
+def _usage_cells(u: ModelUsage, with_failed: bool) -> list[str]:
     failed = u.requests - u.succeeded
-    return [
-        f"{u.requests:,}",
-        f"[red]{failed:,}[/red]" if failed else "0",
-        count(u.input_tokens),
-        count(u.output_tokens),
-    ]
+    cells = [f"{u.requests:,}"]
+    if with_failed:
+        cells.append(f"[red]{failed:,}[/red]" if failed else "0")
+    return [*cells, count(u.input_tokens), count(u.output_tokens)]
 
 
 def count(n: int) -> str:
@@ -340,13 +355,14 @@ def run(
             plan = scan(file, Intake(settings))
         kinds = ", ".join(f"{n:,} {k}" for k, n in sorted(plan.kinds.items()))
         console.print(
-            f"{file}: {plan.total:,} requests ({kinds}), fingerprint {plan.fingerprint[:12]}",
+            f"{file}: {plural(plan.total, 'request')} ({kinds}), "
+            f"fingerprint {plan.fingerprint[:12]}",
             markup=False,
         )
         ids = _submit_and_wait(console, producer, plan, no_wait, submitted)
         if ids is None:
             console.print(
-                f"submitted {plan.total:,} requests ({submitted.new:,} new, "
+                f"submitted {plural(plan.total, 'request')} ({submitted.new:,} new, "
                 f"{plan.total - submitted.new:,} already in the relay); run "
                 f"`batchrelay run {file}` again to collect the results",
                 markup=False,
@@ -360,7 +376,8 @@ def run(
         raise typer.Exit(EXIT_BAD_INPUT) from None
     except KeyboardInterrupt:
         console.print(
-            f"[yellow]interrupted[/yellow] ({submitted.lines:,} requests submitted so far); "
+            f"[yellow]interrupted[/yellow] ({plural(submitted.lines, 'request')} submitted "
+            "so far); "
             "run the same command again to resume: nothing is submitted twice"
         )
         raise typer.Exit(EXIT_INTERRUPTED) from None

@@ -17,7 +17,7 @@ import redis
 import redis.asyncio as aredis
 from batchrelay.config import Settings, load_settings
 from batchrelay.producer import commands
-from batchrelay.producer.callbacks import CeleryTask, Webhook
+from batchrelay.producer.callbacks import Callback
 from batchrelay.producer.core import Core, Flow, Listen, Pause, Pipeline, SubmitItem, Submitted
 from batchrelay.producer.records import RequestStatus, StateCounts
 from redis.exceptions import NoScriptError
@@ -57,7 +57,7 @@ class BatchRelay:
         endpoint: str,
         body: Mapping[str, Any],
         *,
-        callback: Webhook | CeleryTask | None = None,
+        callback: Callback | None = None,
         idempotency_key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> str:
@@ -170,7 +170,7 @@ class AsyncBatchRelay:
         endpoint: str,
         body: Mapping[str, Any],
         *,
-        callback: Webhook | CeleryTask | None = None,
+        callback: Callback | None = None,
         idempotency_key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> str:

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import orjson
 from batchrelay.config import Settings
 from batchrelay.producer import commands, errors
-from batchrelay.producer.callbacks import CeleryTask, Webhook
+from batchrelay.producer.callbacks import Callback
 from batchrelay.producer.intake import Intake, Prepared
 from batchrelay.producer.keys import Keys, new_request_id, tag_of
 from batchrelay.producer.records import (
@@ -82,7 +82,7 @@ Flow = Generator[Step, Any, T]
 class SubmitItem:
     endpoint: str
     body: Mapping[str, Any]
-    callback: Webhook | CeleryTask | None = None
+    callback: Callback | None = None
     idempotency_key: str | None = None
     metadata: Mapping[str, Any] | None = None
 
@@ -124,7 +124,7 @@ class Core:
 
     def unavailable(self, exc: Exception) -> errors.RelayUnavailableError:
         return errors.RelayUnavailableError(
-            f"Redis at {self.settings.redis_url} is unavailable: {exc}"
+            f"cannot use Redis at {self.settings.redis_url}: {type(exc).__name__}: {exc}"
         )
 
     # --- submit ---

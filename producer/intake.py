@@ -16,8 +16,7 @@ from batchrelay.config import ProviderProfile, Settings
 from batchrelay.config.kinds import MESSAGES_ENDPOINT
 from batchrelay.producer import errors
 from batchrelay.producer.callbacks import (
-    CeleryTask,
-    Webhook,
+    Callback,
     WebhookPolicy,
     callback_json,
     validate_callback,
@@ -120,7 +119,7 @@ class Intake:
         endpoint: str,
         body: Mapping[str, Any],
         *,
-        callback: Webhook | CeleryTask | None = None,
+        callback: Callback | None = None,
         idempotency_key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> Prepared:

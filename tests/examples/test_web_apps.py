@@ -11,6 +11,7 @@ import httpx
 import orjson
 import pytest
 import standardwebhooks
+from batchrelay.config.urls import RedisUrl
 
 from batchrelay.stack import EmbeddedStack
 from tests.examples.servers import serve_asgi, serve_werkzeug, serve_wsgi
@@ -124,7 +125,9 @@ def test_examples_answer_503_when_redis_is_down(module: str, stack: EmbeddedStac
     from tests._redis import free_port
 
     port = free_port()
-    down = stack.settings.model_copy(update={"redis_url": f"redis://:pw-123@127.0.0.1:{port}/0"})
+    down = stack.settings.model_copy(
+        update={"redis_url": RedisUrl(f"redis://:pw-123@127.0.0.1:{port}/0")}
+    )
     app = importlib.import_module(f"examples.{module}").create_app(down)
     with SERVERS[module](app) as base, httpx.Client(base_url=base, timeout=10) as client:
         answer = client.post("/ask", json={"prompt": "hi"})

@@ -13,7 +13,7 @@ import time
 import orjson
 import pytest
 from batchrelay.emulator import start_emulator
-from batchrelay.producer import AsyncBatchRelay, BatchRelay, RequestNotFoundError, Webhook, commands
+from batchrelay.producer import commands
 from batchrelay.producer.keys import new_request_id, tag_of
 from batchrelay.producer.records import now_ms
 from batchrelay.worker import sweep
@@ -21,6 +21,7 @@ from batchrelay.worker.context import RETIRED, Relay
 from batchrelay.worker.delivery import dead_letters
 from batchrelay.worker.sweep import retire_idle_groups, watch_retired
 
+from batchrelay import AsyncBatchRelay, BatchRelay, RequestNotFoundError, Webhook
 from tests._receiver import WebhookReceiver
 from tests.relay.harness import CHAT, all_final, chat, drive, fast_emulator_config, relay_settings
 

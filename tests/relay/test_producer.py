@@ -11,7 +11,10 @@ import pytest
 import redis
 from batchrelay.config import load_settings
 from batchrelay.config.urls import redacted
-from batchrelay.producer import (
+from batchrelay.producer import commands
+from batchrelay.producer.keys import Keys, tag_of
+
+from batchrelay import (
     AsyncBatchRelay,
     BatchRelay,
     BatchRelayError,
@@ -30,9 +33,7 @@ from batchrelay.producer import (
     UnknownEndpointError,
     UnknownModelError,
     Webhook,
-    commands,
 )
-from batchrelay.producer.keys import Keys, tag_of
 
 CHAT = "/v1/chat/completions"
 

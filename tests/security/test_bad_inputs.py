@@ -24,6 +24,7 @@ import orjson
 import pytest
 import redis
 from batchrelay.config import ConfigurationError, Settings
+from batchrelay.config.urls import RedisUrl
 from typer.testing import CliRunner, Result
 
 from batchrelay import (
@@ -142,10 +143,11 @@ CONFIG_MATRIX = [
     ("no provider profile", {"BATCHRELAY_PROVIDERS": None}, "BATCHRELAY_PROVIDERS", "no provider profile", NO_PROVIDER_NEEDED, EXIT, EXIT),
     ("provider without an API key", {"BATCHRELAY_PROVIDERS": providers(api_key=None)}, "BATCHRELAY_PROVIDERS (providers.0.api_key)", "Field required", CONF, EXIT, EXIT),
     ("provider `base_url` that is not http(s)", {"BATCHRELAY_PROVIDERS": providers(base_url="ftp://api.example/v1")}, "BATCHRELAY_PROVIDERS (providers.0.base_url)", "http(s) URL", CONF, EXIT, EXIT),
+    ("any URL with credentials in a bad setting", {"BATCHRELAY_PROVIDERS": providers(base_url="ftp://u:url-pw-1@x/v1")}, "ftp://u:***@x/v1", "http(s) URL", CONF, EXIT, EXIT),
     ("provider `base_url` without a host", {"BATCHRELAY_PROVIDERS": providers(base_url="https:///v1")}, "BATCHRELAY_PROVIDERS (providers.0.base_url)", "http(s) URL", CONF, EXIT, EXIT),
     ("misspelt field in a provider profile", {"BATCHRELAY_PROVIDERS": providers(model="gpt-4o")}, "BATCHRELAY_PROVIDERS (providers.0.model)", "Extra inputs are not permitted", CONF, EXIT, EXIT),
     ("provider fallback naming no profile", {"BATCHRELAY_PROVIDERS": providers(fallbacks=["spare"])}, "BATCHRELAY_PROVIDERS (providers.0.fallbacks)", "no profile named 'spare'", CONF, EXIT, EXIT),
-    ("`BATCHRELAY_PROVIDERS` that is not JSON", {"BATCHRELAY_PROVIDERS": "[{name: oa}]"}, "BATCHRELAY_PROVIDERS", "not valid JSON", CONF, EXIT, EXIT),
+    ("`BATCHRELAY_PROVIDERS` that is not JSON", {"BATCHRELAY_PROVIDERS": "[{name: oa}]"}, "BATCHRELAY_PROVIDERS in the environment", "not valid JSON", CONF, EXIT, EXIT),
     ("`lease_s` not above `http_timeout_s`", {"BATCHRELAY_LEASE_S": "30", "BATCHRELAY_HTTP_TIMEOUT_S": "60"}, "lease_s", "must exceed http_timeout_s", CONF, EXIT, EXIT),
     ("`task_time_limit_s` not below `visibility_timeout_s`", {"BATCHRELAY_TASK_TIME_LIMIT_S": "9999"}, "task_time_limit_s", "below visibility_timeout_s", CONF, EXIT, EXIT),
     ("`result_retention_s` within the delivery retries", {"BATCHRELAY_RESULT_RETENTION_S": "600", "BATCHRELAY_DELIVERY_RETRY_SCHEDULE_S": "[300, 600]"}, "result_retention_s", "delivery retry schedule", CONF, EXIT, EXIT),
@@ -225,7 +227,7 @@ def unreachable(redis_url: str) -> tuple[Settings, str]:
     """The bad-input settings with a password, pointing at a port where no Redis listens."""
     port = free_port()
     url = f"redis://:pw-never-shown@127.0.0.1:{port}/0"
-    settings = bad_input_settings(redis_url).model_copy(update={"redis_url": url})
+    settings = bad_input_settings(redis_url).model_copy(update={"redis_url": RedisUrl(url)})
     return settings, f"redis://:***@127.0.0.1:{port}/0"
 
 
@@ -301,7 +303,10 @@ def test_run_says_redis_cannot_be_reached(redis_url, tmp_path, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     result, output = Cli(redis_url, tmp_path).run(line("q2"))
     assert result.exit_code == 1, result.output
-    assert f"Redis at {masked} is unavailable" in output and "pw-never-shown" not in output
+    assert (
+        f"cannot use Redis at {masked}: ConnectionError" in output
+        and "pw-never-shown" not in output
+    )
 
 
 @pytest.mark.parametrize(("what", "third", "words"), rows(RUN_MATRIX))
@@ -342,7 +347,7 @@ def test_producer_refuses_bad_settings(
         BatchRelay.from_env()
     named = producer.partition(" naming ")[2].strip("`") or named
     assert named in str(info.value) and words in str(info.value), str(info.value)
-    assert "sk-secret-1" not in str(info.value)
+    assert "sk-secret-1" not in str(info.value) and "url-pw-1" not in str(info.value)
 
 
 @pytest.mark.parametrize(CONFIG_ROW, rows(CONFIG_MATRIX))
@@ -357,7 +362,7 @@ def test_run_refuses_bad_settings(
     output = " ".join(result.output.split())
     assert result.exit_code == 78, f"{what}: {result.output}"
     assert named in output and words in output, output
-    assert "sk-secret-1" not in output
+    assert "sk-secret-1" not in output and "url-pw-1" not in output
     client = redis.Redis.from_url(redis_url)
     assert client.keys("*") == []
     client.close()
@@ -413,7 +418,7 @@ def test_worker_stops_on_bad_settings(workers, what, change, named, words, produ
     assert code == 78, f"{what}: exit {code}\n{stderr[-2000:]}"
     message = " ".join(stderr.split())
     assert named in message and words in message, message
-    assert "sk-secret-1" not in stderr
+    assert "sk-secret-1" not in stderr and "url-pw-1" not in stderr
     assert relay_keys == []
 
 
