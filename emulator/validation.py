@@ -26,6 +26,7 @@ ENDPOINT_NAMES = {
     "/v1/responses": "Responses",
     "/v1/completions": "Completions",
     "/v1/moderations": "Moderations",
+    "/v1/fim/completions": "FIM Completions",
 }
 
 

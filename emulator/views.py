@@ -34,7 +34,7 @@ def file_object(record: FileRecord) -> dict:
     }
 
 
-def _openai_counts(batch: BatchRecord, status: str, now: float) -> dict[str, int]:
+def openai_counts(batch: BatchRecord, status: str, now: float) -> dict[str, int]:
     if status in ("completed", "expired", "cancelled") and batch.counts:
         return {k: batch.counts[k] for k in ("total", "completed", "failed")}
     done = processed_by(batch, now)
@@ -82,7 +82,7 @@ def openai_batch(batch: BatchRecord, now: float) -> dict:
         "expired_at": done_at if status == "expired" else None,
         "cancelling_at": _int(batch.cancelling_at),
         "cancelled_at": done_at if status == "cancelled" else None,
-        "request_counts": _openai_counts(batch, status, now),
+        "request_counts": openai_counts(batch, status, now),
         "usage": _usage(batch, ended),
         "metadata": batch.metadata,
     }

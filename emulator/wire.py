@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import orjson
-from batchrelay.emulator.errors import Shape, bad_request
+from batchrelay.emulator.errors import ApiError, Shape, bad_request
 from fastapi import Request, Response
 
 JSON_TYPE_NAMES = {
@@ -25,8 +25,12 @@ def type_name(value: object) -> str:
     return JSON_TYPE_NAMES.get(type(value), "an unknown type")
 
 
-async def read_json_object(request: Request, shape: Shape) -> dict:
-    raw = await request.body()
+async def read_json_object(request: Request, shape: Shape, max_bytes: int | None = None) -> dict:
+    """The JSON object in the request body; 413 once it passes `max_bytes` (read no further)."""
+    if max_bytes is None:
+        raw = await request.body()
+    else:
+        raw = await _bounded_body(request, max_bytes, shape)
     try:
         body = orjson.loads(raw) if raw.strip() else {}
     except orjson.JSONDecodeError:
@@ -37,6 +41,21 @@ async def read_json_object(request: Request, shape: Shape) -> dict:
     if not isinstance(body, dict):
         raise bad_request(shape, "The request body must be a JSON object.")
     return body
+
+
+async def _bounded_body(request: Request, max_bytes: int, shape: Shape) -> bytes:
+    message = f"Request exceeds the maximum allowed size of {max_bytes} bytes."
+    too_large = ApiError(413, message, shape=shape)
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def int_query(request: Request, name: str, default: int, low: int, high: int, shape: Shape) -> int:
