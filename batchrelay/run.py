@@ -1,4 +1,4 @@
-"""`batchrelay run FILE`: a whole OpenAI or Anthropic batch input file through the relay.
+"""`batchrelay run FILE`: a whole OpenAI, Anthropic or Mistral batch input file through the relay.
 
 The steps are plain functions so they can be tested without a terminal:
 
@@ -53,6 +53,13 @@ from batchrelay.producer.records import (
 ANTHROPIC_ENDPOINT = MESSAGES_ENDPOINT
 OPENAI_FIELDS = frozenset({"custom_id", "method", "url", "body"})
 ANTHROPIC_FIELDS = frozenset({"custom_id", "params"})
+MISTRAL_FIELDS = frozenset({"custom_id", "body"})
+# A Mistral line names no endpoint (its job does): the body's telling parameter decides.
+MISTRAL_ENDPOINTS = {
+    "messages": "/v1/chat/completions",
+    "prompt": "/v1/fim/completions",
+    "input": "/v1/embeddings",
+}
 CHUNK = 1000
 MAX_PROBLEMS = 20
 MAX_IDEMPOTENCY_KEY = 255
@@ -100,12 +107,13 @@ class Line:
     custom_id: str
     endpoint: str
     body: dict[str, Any]
-    kind: Literal["openai", "anthropic"]
+    kind: Literal["openai", "anthropic", "mistral"]
 
 
 def parse_entry(where: str, obj: Any) -> Line:
-    """An OpenAI batch line `{custom_id, method, url, body}` or an Anthropic request
-    `{custom_id, params}` (endpoint /v1/messages); `_LineError` says what is wrong."""
+    """An OpenAI batch line `{custom_id, method, url, body}`, an Anthropic request
+    `{custom_id, params}` (endpoint /v1/messages) or a Mistral line `{custom_id, body}`
+    (endpoint from the body, see MISTRAL_ENDPOINTS); `_LineError` says what is wrong."""
     if isinstance(obj, _Unreadable):
         raise _LineError(obj.reason)
     if not isinstance(obj, dict):
@@ -114,10 +122,20 @@ def parse_entry(where: str, obj: Any) -> Line:
     if not isinstance(custom_id, str) or not custom_id:
         raise _LineError("needs 'custom_id', a non-empty string")
     if "params" in obj and not obj.keys() & {"method", "url", "body"}:
-        kind: Literal["openai", "anthropic"] = "anthropic"
+        kind: Literal["openai", "anthropic", "mistral"] = "anthropic"
         endpoint, body, allowed = ANTHROPIC_ENDPOINT, obj["params"], ANTHROPIC_FIELDS
         if not isinstance(body, dict):
             raise _LineError("'params' must be a JSON object (the Messages API request)")
+    elif obj.keys() == MISTRAL_FIELDS:
+        kind, allowed, body = "mistral", MISTRAL_FIELDS, obj["body"]
+        if not isinstance(body, dict):
+            raise _LineError("'body' must be a JSON object (the API request)")
+        endpoint = next((e for k, e in MISTRAL_ENDPOINTS.items() if k in body), None)
+        if endpoint is None:
+            raise _LineError(
+                "a Mistral line {custom_id, body} needs 'messages' (chat), 'prompt' (FIM) or "
+                "'input' (embeddings) in its body to tell its endpoint"
+            )
     elif obj.keys() & {"method", "url", "body"}:
         kind, allowed = "openai", OPENAI_FIELDS
         endpoint, body, method = obj.get("url"), obj.get("body"), obj.get("method")
@@ -131,8 +149,8 @@ def parse_entry(where: str, obj: Any) -> Line:
             raise _LineError("'body' must be a JSON object (the API request)")
     else:
         raise _LineError(
-            "neither an OpenAI batch line {custom_id, method, url, body} nor an Anthropic "
-            "request {custom_id, params}"
+            "neither an OpenAI batch line {custom_id, method, url, body}, an Anthropic "
+            "request {custom_id, params} nor a Mistral line {custom_id, body}"
         )
     unknown = sorted(obj.keys() - allowed)
     if unknown:

@@ -3,6 +3,8 @@
 Paths served:
   /v1/files..., /v1/batches...              OpenAI
   /openai/v1/..., /openai/...?api-version=  Azure OpenAI (always on)
+  /groq/openai/v1/...                       Groq's OpenAI-style batches
+  /together/v1/...                          Together AI's OpenAI-style batches
   /v1/messages/batches...                   Anthropic
   /mistral/v1/files..., /mistral/v1/batch/jobs...  Mistral
   <anthropic_batches_path>...               Anthropic, as a reseller serves it
@@ -28,7 +30,13 @@ from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-OPENAI_MOUNTS = {"/v1": "openai", "/openai/v1": "azure", "/openai": "azure"}
+OPENAI_MOUNTS = {
+    "/v1": "openai",
+    "/openai/v1": "azure",
+    "/openai": "azure",
+    "/groq/openai/v1": "groq",
+    "/together/v1": "together",
+}
 PEEK_LIMIT = 1024 * 1024
 
 

@@ -149,7 +149,9 @@ class Engine:
         completion_window: str,
         metadata: dict[str, str] | None,
         output_expires_after_s: int | None,
+        window_factor: float = 1.0,
     ) -> BatchRecord:
+        """`window_factor` scales the emulated window for a completion_window over 24h."""
         batch = self._new_batch(
             "openai",
             flavor,
@@ -159,6 +161,8 @@ class Engine:
             metadata=metadata,
             output_expires_after_s=output_expires_after_s,
         )
+        if batch.window_s is not None:
+            batch.window_s *= window_factor
         self.store.save_batch(batch)
         self.count(f"batches_created.{flavor}")
         self.scheduler.at(batch.created_at + batch.validating_delay_s, "validate", batch.id)
@@ -308,6 +312,7 @@ class Engine:
                     error_fraction=batch.fault_error_fraction,
                     known_model=self.known_model,
                     max_requests=self._max_requests(batch),
+                    lines_name_method_url=batch.flavor != "together",
                 )
                 errors = result.errors
                 if batch.fault_validation_code:

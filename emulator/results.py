@@ -141,7 +141,7 @@ def write_openai_results(
     never_code = NEVER_RAN.get(batch.run_end_kind or "", "batch_cancelled")
     never_error = {"code": never_code, "message": NEVER_RAN_MESSAGES[never_code]}
     status = batch.fault_error_status
-    fail_body = server_error_body("openai", status)
+    fail_body = server_error_body("mistral" if batch.flavor == "mistral" else "openai", status)
     fraction, ran = batch.fault_error_fraction, batch.processed
     start, rate = batch.in_progress_at or batch.created_at, batch.rate_rps
     input_tokens = output_tokens = 0

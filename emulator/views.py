@@ -88,6 +88,34 @@ def openai_batch(batch: BatchRecord, now: float) -> dict:
     }
 
 
+TOGETHER_STATUS = {"finalizing": "IN_PROGRESS", "cancelling": "IN_PROGRESS"}
+
+
+def together_batch(batch: BatchRecord, now: float) -> dict:
+    """Together's batch job: upper-case status, ISO times, `progress` instead of counts."""
+    status = phase(batch, now)
+    ended = status in ("completed", "expired", "cancelled")
+    counts = openai_counts(batch, status, now)
+    done = counts["completed"] + counts["failed"]
+    errors = batch.errors or []
+    return {
+        "id": batch.id,
+        "user_id": "user-emulator",
+        "input_file_id": batch.input_file_id,
+        "file_size_bytes": None,
+        "status": TOGETHER_STATUS.get(status, status.upper()),
+        "job_deadline": rfc3339(batch.created_at + (batch.window_s or DEFAULT_WINDOW_S)),
+        "created_at": rfc3339(batch.created_at),
+        "endpoint": batch.endpoint,
+        "progress": 100.0 * done / batch.total if batch.total else 0.0,
+        "model_id": batch.model,
+        "output_file_id": batch.output_file_id if ended else None,
+        "error_file_id": batch.error_file_id if ended else None,
+        "error": errors[0]["message"] if errors else None,
+        "completed_at": rfc3339(terminal_time(batch)) if ended else None,
+    }
+
+
 def anthropic_status(batch: BatchRecord, now: float) -> str:
     status = phase(batch, now)
     if status in ("completed", "expired", "cancelled"):

@@ -140,7 +140,7 @@ def test_failed_requests_land_in_the_error_file(client, emulator):
     assert len(errors) == job.failed_requests
     failed = next(iter(errors.values()))
     assert failed["response"]["status_code"] == 500
-    assert failed["response"]["body"]["error"]["type"] == "server_error"
+    assert failed["response"]["body"]["object"] == "error"  # Mistral's envelope
     assert client.files.retrieve(file_id=job.error_file).sample_type == "batch_error"
 
 
