@@ -6,6 +6,10 @@ input file)."""
 
 from __future__ import annotations
 
+import re
+import tomllib
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +21,7 @@ from tests.providers.helpers import Scenario, chat_text
 from tests.relay.harness import CHAT, chat, drive, fast_emulator_config
 
 MODEL = "llama-3.1-8b-instant"
+NEW = {"mistral", "groq", "together"}
 
 
 def run(relays, receiver, emu: EmulatorHandle, vendor: dict[str, Any], n: int = 30) -> Scenario:
@@ -81,3 +86,22 @@ def test_vendor_fields_are_checked_at_start_up():
     ]:
         with pytest.raises(ConfigurationError, match=message):
             load_settings(providers=[{**base, **bad}])
+
+
+def test_the_readme_and_docs_examples_load():
+    """The Mistral, Groq and Together `[[providers]]` TOML examples in README.md and
+    docs/providers.md are valid profiles."""
+    root = Path(__file__).resolve().parents[2]
+    blocks = [
+        block
+        for doc in ("README.md", "docs/providers.md")
+        for block in re.findall(r"```toml\n(.*?)```", (root / doc).read_text(), re.S)
+        if "[[providers]]" in block
+    ]
+    profiles = [p for block in blocks for p in tomllib.loads(block)["providers"]]
+    new = [p for p in profiles if (p.get("vendor") or p.get("kind")) in NEW]
+    assert Counter(p.get("vendor") or p["kind"] for p in new) == Counter(
+        {"mistral": 2, "groq": 2, "together": 2}
+    )
+    for profile in new:
+        load_settings(providers=[profile])
