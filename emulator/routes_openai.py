@@ -55,9 +55,9 @@ def _engine(request: Request) -> Engine:
     return request.app.state.engine
 
 
-def _supported_endpoints() -> str:
-    names = [f"'{e}'" for e in OPENAI_ENDPOINTS]
-    return ", ".join(names[:-1]) + ", and " + names[-1]
+def _supported_endpoints(endpoints: tuple[str, ...]) -> str:
+    names = [f"'{e}'" for e in endpoints]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + ", and " + names[-1]
 
 
 def _visible_file(request: Request, file_id: str) -> FileRecord:
@@ -347,12 +347,13 @@ def openai_router(flavor: str) -> APIRouter:
         if not known:
             raise bad_request(
                 "openai",
-                f"Invalid value: '{endpoint}'. Supported values are: {_supported_endpoints()}.",
+                f"Invalid value: '{endpoint}'. Supported values are: "
+                f"{_supported_endpoints(endpoints)}.",
                 "endpoint",
                 "invalid_value",
             )
         windows = _windows(flavor)
-        if window not in windows:
+        if not isinstance(window, str) or window not in windows:
             supported = ", ".join(f"'{w}'" for w in windows)
             raise bad_request(
                 "openai",
