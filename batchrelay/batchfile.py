@@ -1,5 +1,5 @@
-"""Reading a batch input file for `batchrelay run`: OpenAI batch lines, Anthropic request lines
-or one Anthropic `{"requests": [...]}` document.
+"""Reading a batch input file for `batchrelay run`: OpenAI batch lines, Anthropic request lines,
+Mistral lines or one Anthropic `{"requests": [...]}` document.
 
 `scan` streams the file, checks every line (format, unique custom_id, and what `submit()`
 would refuse) and fingerprints it, so nothing is submitted if any line is bad; `entries`
@@ -24,6 +24,13 @@ from batchrelay.producer.intake import Intake
 ANTHROPIC_ENDPOINT = MESSAGES_ENDPOINT
 OPENAI_FIELDS = frozenset({"custom_id", "method", "url", "body"})
 ANTHROPIC_FIELDS = frozenset({"custom_id", "params"})
+MISTRAL_FIELDS = frozenset({"custom_id", "body"})
+# A Mistral line names no endpoint (its job does): the body's telling parameter decides.
+MISTRAL_ENDPOINTS = {
+    "messages": "/v1/chat/completions",
+    "prompt": "/v1/fim/completions",
+    "input": "/v1/embeddings",
+}
 MAX_PROBLEMS = 20
 MAX_IDEMPOTENCY_KEY = 255
 # A file whose first line is not a JSON line may be one pretty-printed `{"requests": [...]}`
@@ -68,12 +75,13 @@ class Line:
     custom_id: str
     endpoint: str
     body: dict[str, Any]
-    kind: Literal["openai", "anthropic"]
+    kind: Literal["openai", "anthropic", "mistral"]
 
 
 def parse_entry(where: str, obj: Any) -> Line:
-    """An OpenAI batch line `{custom_id, method, url, body}` or an Anthropic request
-    `{custom_id, params}` (endpoint /v1/messages); `LineError` says what is wrong."""
+    """An OpenAI batch line `{custom_id, method, url, body}`, an Anthropic request
+    `{custom_id, params}` (endpoint /v1/messages) or a Mistral line `{custom_id, body}`
+    (endpoint from the body, see MISTRAL_ENDPOINTS); `LineError` says what is wrong."""
     if isinstance(obj, _Unreadable):
         raise LineError(obj.reason)
     if not isinstance(obj, dict):
@@ -82,10 +90,20 @@ def parse_entry(where: str, obj: Any) -> Line:
     if not isinstance(custom_id, str) or not custom_id:
         raise LineError("needs 'custom_id', a non-empty string")
     if "params" in obj and not obj.keys() & {"method", "url", "body"}:
-        kind: Literal["openai", "anthropic"] = "anthropic"
+        kind: Literal["openai", "anthropic", "mistral"] = "anthropic"
         endpoint, body, allowed = ANTHROPIC_ENDPOINT, obj["params"], ANTHROPIC_FIELDS
         if not isinstance(body, dict):
             raise LineError("'params' must be a JSON object (the Messages API request)")
+    elif obj.keys() == MISTRAL_FIELDS:
+        kind, allowed, body = "mistral", MISTRAL_FIELDS, obj["body"]
+        if not isinstance(body, dict):
+            raise LineError("'body' must be a JSON object (the API request)")
+        endpoint = next((e for k, e in MISTRAL_ENDPOINTS.items() if k in body), None)
+        if endpoint is None:
+            raise LineError(
+                "a Mistral line {custom_id, body} needs 'messages' (chat), 'prompt' (FIM) or "
+                "'input' (embeddings) in its body to tell its endpoint"
+            )
     elif obj.keys() & {"method", "url", "body"}:
         kind, allowed = "openai", OPENAI_FIELDS
         endpoint, body, method = obj.get("url"), obj.get("body"), obj.get("method")
@@ -99,8 +117,8 @@ def parse_entry(where: str, obj: Any) -> Line:
             raise LineError("'body' must be a JSON object (the API request)")
     else:
         raise LineError(
-            "neither an OpenAI batch line {custom_id, method, url, body} nor an Anthropic "
-            "request {custom_id, params}"
+            "neither an OpenAI batch line {custom_id, method, url, body}, an Anthropic "
+            "request {custom_id, params} nor a Mistral line {custom_id, body}"
         )
     unknown = sorted(obj.keys() - allowed)
     if unknown:

@@ -3,7 +3,10 @@
 Paths served:
   /v1/files..., /v1/batches...              OpenAI
   /openai/v1/..., /openai/...?api-version=  Azure OpenAI (always on)
+  /groq/openai/v1/...                       Groq's OpenAI-style batches
+  /together/v1/...                          Together AI's OpenAI-style batches
   /v1/messages/batches...                   Anthropic
+  /mistral/v1/files..., /mistral/v1/batch/jobs...  Mistral
   <anthropic_batches_path>...               Anthropic, as a reseller serves it
   /_emulator/...                            admin
 """
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import orjson
 from batchrelay.emulator.engine import Engine
-from batchrelay.emulator.errors import ApiError, server_error_body
+from batchrelay.emulator.errors import ApiError, Shape, server_error_body
 from batchrelay.emulator.routes_admin import admin_router
 from batchrelay.emulator.routes_anthropic import (
     BASE,
@@ -20,12 +23,20 @@ from batchrelay.emulator.routes_anthropic import (
     PREFIX_SCOPE_KEY,
     anthropic_router,
 )
+from batchrelay.emulator.routes_mistral import PREFIX as MISTRAL_PREFIX
+from batchrelay.emulator.routes_mistral import mistral_router
 from batchrelay.emulator.routes_openai import openai_router
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-OPENAI_MOUNTS = {"/v1": "openai", "/openai/v1": "azure", "/openai": "azure"}
+OPENAI_MOUNTS = {
+    "/v1": "openai",
+    "/openai/v1": "azure",
+    "/openai": "azure",
+    "/groq/openai/v1": "groq",
+    "/together/v1": "together",
+}
 PEEK_LIMIT = 1024 * 1024
 
 
@@ -94,10 +105,17 @@ class ResellerPathMiddleware:
         return anthropic, replay
 
 
-def _route_shape(request: Request) -> str:
-    path = request.url.path
-    anthropic = path.startswith("/v1/messages") or PREFIX_SCOPE_KEY in request.scope
-    return "anthropic" if anthropic else "openai"
+def path_shape(path: str) -> Shape:
+    """The error envelope of the provider a path belongs to."""
+    if path.startswith("/v1/messages"):
+        return "anthropic"
+    return "mistral" if path.startswith(MISTRAL_PREFIX + "/") else "openai"
+
+
+def _route_shape(request: Request) -> Shape:
+    if PREFIX_SCOPE_KEY in request.scope:
+        return "anthropic"
+    return path_shape(request.url.path)
 
 
 class LostReplyMiddleware:
@@ -121,8 +139,7 @@ class LostReplyMiddleware:
             pass
 
         await self.app(scope, receive, swallow)
-        shape = "anthropic" if path.startswith("/v1/messages") else "openai"
-        body = server_error_body(shape, 500)
+        body = server_error_body(path_shape(path), 500)
         await ApiError(500, "injected: reply lost", body=body).to_response()(scope, receive, send)
 
 
@@ -145,15 +162,16 @@ def create_app(engine: Engine) -> FastAPI:
         if exc.status_code != 404:
             message = str(exc.detail)
         shape = _route_shape(request)
-        return ApiError(exc.status_code, message, shape=shape).to_response()  # type: ignore[arg-type]
+        return ApiError(exc.status_code, message, shape=shape).to_response()
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception):
         shape = _route_shape(request)
-        return ApiError(500, f"Emulator error: {exc!r}", shape=shape).to_response()  # type: ignore[arg-type]
+        return ApiError(500, f"Emulator error: {exc!r}", shape=shape).to_response()
 
     app.include_router(admin_router())
     app.include_router(anthropic_router())
+    app.include_router(mistral_router())
     for mount, flavor in OPENAI_MOUNTS.items():
         app.include_router(openai_router(flavor), prefix=mount)
     app.add_middleware(ResellerPathMiddleware, prefix=engine.config.anthropic_batches_path)

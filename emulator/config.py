@@ -41,6 +41,10 @@ DEFAULT_MODELS = [
     "babbage-*",
     "davinci-*",
     "claude-*",
+    "mistral-*",
+    "open-mistral-*",
+    "ministral-*",
+    "codestral-*",
 ]
 
 
@@ -138,6 +142,10 @@ class EmulatorConfig(BaseSettings):
     max_batch_requests: int = Field(50_000, ge=1)
     max_anthropic_requests: int = Field(100_000, ge=1)
     max_anthropic_body_bytes: int = Field(256 * MB, ge=1)
+    max_mistral_requests: int = Field(1_000_000, ge=1)
+    # A Mistral create body (inline `requests`) larger than this is refused with 413; Mistral
+    # publishes no such limit, so this is the emulator's own bound on what it reads.
+    max_mistral_body_bytes: int = Field(64 * MB, ge=1)
 
     faults: Faults = Field(default_factory=Faults)
 

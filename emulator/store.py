@@ -48,11 +48,14 @@ class BatchRecord(BaseModel):
 
     id: str
     shape: Literal["openai", "anthropic"]
-    flavor: Literal["openai", "azure", "anthropic"]
+    flavor: Literal["openai", "azure", "anthropic", "mistral", "groq", "together"]
     endpoint: str
     input_file_id: str
     completion_window: str = "24h"
     metadata: dict[str, str] | None = None
+    # Mistral: the files the job was created from, or True when its requests came inline.
+    input_files: list[str] = Field(default_factory=list)
+    inline: bool = False
     output_expires_after_s: int | None = None
     created_at: float
     seq: int = 0

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from batchrelay.emulator.bodies import bounded_stream
+from batchrelay.emulator.errors import Shape
 from fastapi import Request
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -123,7 +124,9 @@ class _Receiver:
             self._fh.close()
 
 
-async def receive_upload(request: Request, target: Path, max_bytes: int) -> Upload:
+async def receive_upload(
+    request: Request, target: Path, max_bytes: int, shape: Shape = "openai"
+) -> Upload:
     """Parse a multipart/form-data body, writing the `file` part (at most `max_bytes`) to
     `target`; raises UploadError (a 400) or a 413 `ApiError` for a body past every bound."""
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
@@ -145,7 +148,7 @@ async def receive_upload(request: Request, target: Path, max_bytes: int) -> Uplo
     }
     parser = MultipartParser(params[b"boundary"], callbacks)  # type: ignore[arg-type]
     try:
-        async for chunk in bounded_stream(request, max_bytes + FORM_OVERHEAD_BYTES, "openai"):
+        async for chunk in bounded_stream(request, max_bytes + FORM_OVERHEAD_BYTES, shape):
             parser.write(chunk)
     except FormParserError as exc:
         raise UploadError(f"Invalid multipart body: {exc}") from exc

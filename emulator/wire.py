@@ -26,9 +26,11 @@ def type_name(value: object) -> str:
     return JSON_TYPE_NAMES.get(type(value), "an unknown type")
 
 
-async def read_json_object(request: Request, shape: Shape) -> dict:
-    """The body as a JSON object; over `JSON_BODY_LIMIT` bytes it is refused unread (413)."""
-    raw = await read_bounded(request, JSON_BODY_LIMIT, shape)
+async def read_json_object(
+    request: Request, shape: Shape, max_bytes: int = JSON_BODY_LIMIT
+) -> dict:
+    """The body as a JSON object; over `max_bytes` it is refused unread (413)."""
+    raw = await read_bounded(request, max_bytes, shape)
     try:
         body = orjson.loads(raw) if raw.strip() else {}
     except orjson.JSONDecodeError:
