@@ -6,28 +6,27 @@ web server. The Celery app is `batchrelay.worker`, the emulator `batchrelay.emul
 settings `batchrelay.config`.
 """
 
-from batchrelay.producer import (
-    AsyncBatchRelay,
-    BatchRelay,
+from batchrelay.producer.callbacks import CeleryTask, Webhook
+from batchrelay.producer.client import AsyncBatchRelay, BatchRelay
+from batchrelay.producer.core import SubmitItem
+from batchrelay.producer.errors import (
     BatchRelayError,
     CancelError,
-    CeleryTask,
     ConfigurationError,
     IdempotencyConflictError,
     InvalidCallbackError,
     InvalidMetadataError,
     InvalidRequestError,
     MissingModelError,
+    RelayUnavailableError,
     RequestNotFoundError,
-    RequestStatus,
     RequestTooLargeError,
     ResultTimeoutError,
     StreamingNotSupportedError,
-    SubmitItem,
     UnknownEndpointError,
     UnknownModelError,
-    Webhook,
 )
+from batchrelay.producer.records import RequestStatus, StateCounts
 
 __all__ = [
     "AsyncBatchRelay",
@@ -41,8 +40,10 @@ __all__ = [
     "InvalidMetadataError",
     "InvalidRequestError",
     "MissingModelError",
+    "RelayUnavailableError",
     "RequestNotFoundError",
     "RequestStatus",
+    "StateCounts",
     "RequestTooLargeError",
     "ResultTimeoutError",
     "StreamingNotSupportedError",

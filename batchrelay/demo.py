@@ -25,7 +25,6 @@ from rich.text import Text
 
 from batchrelay import run as run_command
 from batchrelay.stack import (
-    PROFILE,
     EmbeddedStack,
     StackError,
     Stopped,
@@ -123,7 +122,8 @@ def run_demo(
         took = time.monotonic() - started
         console.print(
             f"stack ready in {took:.1f} s: Redis {redacted(stack.redis_url)}, "
-            f"emulator {stack.provider_url} (profile {PROFILE!r}), "
+            f"emulator {stack.provider_url} (profiles "
+            f"{', '.join(p.name for p in stack.settings.providers)}), "
             f"flush after {stack.settings.flush_max_wait_s:g} s\n"
         )
         out = output or stack.logdir.parent / f"{file.stem}.results.jsonl"  # the stack's tmp

@@ -19,7 +19,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from batchrelay import RelayUnavailableError
 from batchrelay.config import ConfigurationError, Settings, load_settings
+from batchrelay.formatting import plural
 
 console = Console()
 errors = Console(stderr=True)
@@ -40,11 +42,6 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     """Print `message` as one red line on stderr (never read as markup); return the exit."""
     errors.print(Text(message, style="red"), soft_wrap=True, highlight=False)
     return typer.Exit(code)
-
-
-def plural(n: int, noun: str, nouns: str | None = None) -> str:
-    """`1 batch`, `2 batches`, `0 deliveries`."""
-    return f"{n:,} {noun if n == 1 else nouns or noun + 's'}"
 
 
 def _settings() -> Settings:
@@ -76,6 +73,8 @@ def reads_redis(command: Callable[P, R]) -> Callable[P, R]:
             raise _fail(
                 f"cannot use Redis at {where}: {type(exc).__name__}: {exc}", EXIT_UNAVAILABLE
             ) from None
+        except RelayUnavailableError as exc:  # the producer's calls say it themselves
+            raise _fail(str(exc), EXIT_UNAVAILABLE) from None
 
     return run
 
@@ -257,7 +256,7 @@ def _batch_or_exit(relay: Any, batch_id: str) -> dict[str, str]:
 @reads_redis
 def requests_show(request_id: str) -> None:
     """Where one request is, and its result once final."""
-    from batchrelay.producer import BatchRelay, RequestNotFoundError
+    from batchrelay import BatchRelay, RequestNotFoundError
 
     with BatchRelay(_settings()) as producer:
         try:

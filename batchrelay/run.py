@@ -1,18 +1,20 @@
-"""`batchrelay run FILE`: a whole OpenAI, Anthropic or Gemini batch input file through the relay.
+"""`batchrelay run FILE`: a whole OpenAI, Anthropic, Mistral or Gemini batch input file through
+the relay.
 
-The steps are plain functions so they can be tested without a terminal:
+The steps are plain functions so they can be tested without a terminal; they use only the
+producer's public API (no Redis key is read here):
 
-1. `scan` reads the file as a stream, checks every line (format, unique custom_id, and what
-   `submit()` would refuse) and fingerprints it; nothing is submitted if any line is bad.
+1. `batchfile.scan` checks every line and fingerprints the file; nothing is submitted if any
+   line is bad.
 2. `submit_file` streams it again and stores it in chunks with `submit_many`, each request
    keyed `run:<fingerprint>:<custom_id>`. The fingerprint is the SHA-256 of the content, so
    the same file (wherever it lies, whatever it is called) maps to the same keys on every
    run: a re-run after an interruption, or after `--no-wait`, finds every line already
    stored and submits nothing twice; an edited file is a new file.
-3. `wait` follows the requests to a final state: it sleeps on the relay's pub/sub channels and
-   re-reads the states (pipelined) at a modest rate, only for the requests still open.
-4. `write_results` writes one output line per input line, in input order, from the results
-   the relay keeps for `result_retention_s`, and sums the token usage per model.
+3. `BatchRelay.wait` follows the requests to a final state on the relay's pub/sub channels,
+   re-reading (pipelined) only the states of the requests still open, for the progress bars.
+4. `write_results` writes one output line per input line, in input order, from
+   `BatchRelay.results` (kept for `result_retention_s`), and sums the token usage per model.
 
 `run` starts no workers: a relay (worker + beat) must be running for requests to move.
 """
@@ -21,285 +23,63 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import orjson
-import redis
 import typer
 from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from batchrelay.config import ConfigurationError, Settings, load_settings
-from batchrelay.config.kinds import ANTHROPIC, MESSAGES_ENDPOINT
-from batchrelay.config.prices import PriceTable, load_prices
-from batchrelay.producer import BatchRelay, InvalidMetadataError, InvalidRequestError, SubmitItem
-from batchrelay.producer.intake import Intake
-from batchrelay.producer.keys import Keys, tag_of
-from batchrelay.producer.records import (
-    CANCELLED,
-    FAILED,
-    IN_BATCH,
-    RESULT_FIELDS,
-    SUCCEEDED,
-    result_payload,
+from batchrelay import BatchRelay, RelayUnavailableError, StateCounts, SubmitItem
+from batchrelay.batchfile import (
+    InputFileError,
+    LineError,
+    Plan,
+    entries,
+    idempotency_key,
+    metadata,
+    parse_entry,
+    scan,
 )
+from batchrelay.config import ConfigurationError, Settings, load_settings
+from batchrelay.config.prices import PriceTable, load_prices
+from batchrelay.formatting import plural
+from batchrelay.producer.intake import Intake
+from batchrelay.producer.keys import tag_of
+from batchrelay.producer.records import FAILED, SUCCEEDED
 
-ANTHROPIC_ENDPOINT = MESSAGES_ENDPOINT
-OPENAI_FIELDS = frozenset({"custom_id", "method", "url", "body"})
-ANTHROPIC_FIELDS = frozenset({"custom_id", "params"})
-GEMINI_FIELDS = frozenset({"key", "request"})
 CHUNK = 1000
-MAX_PROBLEMS = 20
-MAX_IDEMPOTENCY_KEY = 255
-# A file whose first line is not a JSON line may be one pretty-printed `{"requests": [...]}`
-# document; that form is parsed whole, so only up to Anthropic's own request-body limit.
-MAX_DOCUMENT_BYTES = ANTHROPIC.max_bytes_per_batch
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_CONFIG = 78
 EXIT_INTERRUPTED = 130
 
 
-class InputFileError(Exception):
-    """The input file cannot be run as it is; `problems` name each bad line."""
-
-    def __init__(self, problems: list[str]):
-        super().__init__("\n".join(problems))
-        self.problems = problems
-
-
-class _LineError(ValueError):
-    pass
-
-
-def _metadata(custom_id: str) -> dict[str, str]:
-    """What each request keeps of its line (checked by `scan`, stored by `submit_file`)."""
-    return {"custom_id": custom_id}
-
-
-def _shown(custom_id: str) -> str:
-    """A custom_id for a message: a very long one is cut."""
-    return repr(custom_id if len(custom_id) <= 64 else custom_id[:64] + "…")
-
-
-@dataclass(frozen=True)
-class _Unreadable:
-    reason: str
-
-
-@dataclass(frozen=True)
-class Line:
-    """One request of the input file: `where` is "line N" (JSONL) or "requests[i]"."""
-
-    where: str
-    custom_id: str
-    endpoint: str
-    body: dict[str, Any]
-    kind: Literal["openai", "anthropic", "gemini"]
-
-
-def parse_gemini(where: str, obj: dict[str, Any]) -> Line:
-    """A Gemini batch line `{key, request}`: the request names its model in `request.model`
-    (as google-genai's inline requests do); `content` makes it an embedContent request."""
-    key, body = obj.get("key"), obj.get("request")
-    if not isinstance(key, str) or not key:
-        raise _LineError("needs 'key', a non-empty string")
-    if not isinstance(body, dict):
-        raise _LineError("'request' must be a JSON object (the Gemini API request)")
-    model = body.get("model")
-    if not isinstance(model, str) or not model.removeprefix("models/"):
-        raise _LineError("a Gemini line's 'request' needs 'model', e.g. \"gemini-2.5-flash\"")
-    method = "embedContent" if "content" in body and "contents" not in body else "generateContent"
-    endpoint = f"/v1beta/models/{model.removeprefix('models/')}:{method}"
-    unknown = sorted(obj.keys() - GEMINI_FIELDS)
-    if unknown:
-        raise _LineError(f"unknown field(s) {unknown} in a Gemini request line")
-    return Line(where, key, endpoint, body, "gemini")
-
-
-def parse_entry(where: str, obj: Any) -> Line:
-    """An OpenAI batch line `{custom_id, method, url, body}`, an Anthropic request
-    `{custom_id, params}` (endpoint /v1/messages) or a Gemini line `{key, request}`;
-    `_LineError` says what is wrong."""
-    if isinstance(obj, _Unreadable):
-        raise _LineError(obj.reason)
-    if not isinstance(obj, dict):
-        raise _LineError(f"must be a JSON object, got {type(obj).__name__}")
-    if "request" in obj and "custom_id" not in obj:
-        return parse_gemini(where, obj)
-    custom_id = obj.get("custom_id")
-    if not isinstance(custom_id, str) or not custom_id:
-        raise _LineError("needs 'custom_id', a non-empty string")
-    if "params" in obj and not obj.keys() & {"method", "url", "body"}:
-        kind: Literal["openai", "anthropic"] = "anthropic"
-        endpoint, body, allowed = ANTHROPIC_ENDPOINT, obj["params"], ANTHROPIC_FIELDS
-        if not isinstance(body, dict):
-            raise _LineError("'params' must be a JSON object (the Messages API request)")
-    elif obj.keys() & {"method", "url", "body"}:
-        kind, allowed = "openai", OPENAI_FIELDS
-        endpoint, body, method = obj.get("url"), obj.get("body"), obj.get("method")
-        if method != "POST":
-            raise _LineError(f"'method' must be \"POST\", got {method!r}")
-        if not isinstance(endpoint, str) or not endpoint.startswith("/"):
-            raise _LineError(
-                f"'url' must be an endpoint path such as /v1/chat/completions, got {endpoint!r}"
-            )
-        if not isinstance(body, dict):
-            raise _LineError("'body' must be a JSON object (the API request)")
-    else:
-        raise _LineError(
-            "neither an OpenAI batch line {custom_id, method, url, body} nor an Anthropic "
-            "request {custom_id, params} nor a Gemini line {key, request}"
-        )
-    unknown = sorted(obj.keys() - allowed)
-    if unknown:
-        raise _LineError(f"unknown field(s) {unknown} in an {kind.capitalize()} request line")
-    return Line(where, custom_id, endpoint, body, kind)
-
-
-def _is_document(path: Path) -> bool:
-    """True for one `{"requests": [...]}` object (Anthropic's create-batch body) rather than
-    JSON lines: decided by the first non-blank line, so a JSONL file is never read whole."""
-    with path.open("rb") as f:
-        for raw in f:
-            text = raw.strip()
-            if not text:
-                continue
-            try:
-                first = orjson.loads(text)
-            except orjson.JSONDecodeError:
-                if not text.startswith(b"{") or path.stat().st_size > MAX_DOCUMENT_BYTES:
-                    return False
-                try:
-                    whole = orjson.loads(path.read_bytes())
-                except orjson.JSONDecodeError:
-                    return False
-                return isinstance(whole, dict) and "requests" in whole
-            return isinstance(first, dict) and "requests" in first and "custom_id" not in first
-    return False
-
-
-def _entries(path: Path, hasher: Any) -> Iterator[tuple[str, Any]]:
-    """(where, parsed JSON or `_Unreadable`) per request; feeds every byte read to `hasher`."""
-    if _is_document(path):
-        data = path.read_bytes()
-        hasher.update(data)
-        requests = orjson.loads(data)["requests"]
-        if not isinstance(requests, list):
-            yield "file", _Unreadable("'requests' must be a list of {custom_id, params}")
-            return
-        for i, item in enumerate(requests):
-            yield f"requests[{i}]", item
-        return
-    with path.open("rb") as f:
-        for number, raw in enumerate(f, 1):
-            hasher.update(raw)
-            if not raw.strip():
-                continue
-            try:
-                yield f"line {number}", orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                yield f"line {number}", _Unreadable(f"not valid JSON ({exc})")
-
-
-@dataclass
-class Plan:
-    """What `scan` learnt: the fingerprint, the custom_ids in input order, and each group."""
-
-    path: Path
-    fingerprint: str
-    custom_ids: list[str]
-    groups: dict[str, dict[str, str]]
-    kinds: Counter[str]
-
-    @property
-    def total(self) -> int:
-        return len(self.custom_ids)
-
-
-def scan(path: Path, intake: Intake) -> Plan:
-    """Check the whole file before anything is stored; InputFileError lists the first
-    MAX_PROBLEMS bad lines, each with its line number."""
-    hasher = hashlib.sha256()
-    problems: list[str] = []
-    seen: dict[str, str] = {}
-    plan = Plan(path, "", [], {}, Counter())
-    for where, obj in _entries(path, hasher):
-        try:
-            line = parse_entry(where, obj)
-            if line.custom_id in seen:
-                raise _LineError(
-                    f"custom_id {_shown(line.custom_id)} repeats {seen[line.custom_id]}; "
-                    "custom_ids must be unique within a file"
-                )
-            try:
-                p = intake.prepare(line.endpoint, line.body, metadata=_metadata(line.custom_id))
-            except InvalidMetadataError as exc:
-                raise _LineError(
-                    f"custom_id is {len(line.custom_id):,} characters, too long to keep with "
-                    f"the request ({exc})"
-                ) from None
-            except InvalidRequestError as exc:
-                raise _LineError(f"(custom_id {_shown(line.custom_id)}) {exc}") from None
-        except _LineError as exc:
-            problems.append(f"{where}: {exc}")
-            if len(problems) >= MAX_PROBLEMS:
-                problems.append(f"(stopped after {MAX_PROBLEMS} problems)")
-                break
-            continue
-        seen[line.custom_id] = where
-        plan.custom_ids.append(line.custom_id)
-        plan.kinds[line.kind] += 1
-        plan.groups.setdefault(
-            p.tag, {"profile": p.profile, "endpoint": p.endpoint, "model": p.model}
-        )
-    if problems:
-        raise InputFileError(problems)
-    if not plan.custom_ids:
-        raise InputFileError([f"{path}: holds no requests"])
-    plan.fingerprint = hasher.hexdigest()
-    return plan
-
-
-def idempotency_key(fingerprint: str, custom_id: str) -> str:
-    """`run:<32 hex of the content hash>:<custom_id>`; a custom_id too long for the 255-char
-    key limit is replaced by its own hash."""
-    key = f"run:{fingerprint[:32]}:{custom_id}"
-    if len(key) > MAX_IDEMPOTENCY_KEY:
-        key = f"run:{fingerprint[:32]}:sha256:{hashlib.sha256(custom_id.encode()).hexdigest()}"
-    return key
-
-
 def submit_file(
     producer: BatchRelay, plan: Plan, on_chunk: Callable[[int, int], None] | None = None
 ) -> list[str]:
     """Store every line (idempotently) and return the request ids in input order;
-    `on_chunk(submitted, new)` after each chunk, `new` counting keys not seen before."""
-    keys = Keys(producer.settings.key_prefix)
+    `on_chunk(submitted, new)` after each chunk, `new` counting requests not stored before."""
     hasher = hashlib.sha256()
     ids: list[str] = []
     chunk: list[SubmitItem] = []
 
     def flush() -> None:
-        pipe = producer.redis.pipeline(transaction=False)
-        for item in chunk:
-            pipe.exists(keys.idem(item.idempotency_key or ""))
-        known = sum(pipe.execute())
-        ids.extend(producer.submit_many(chunk))
+        stored = producer.submit_many(chunk)
+        ids.extend(stored)
         if on_chunk is not None:
-            on_chunk(len(chunk), len(chunk) - known)
+            on_chunk(len(chunk), stored.new)
         chunk.clear()
 
-    for where, obj in _entries(plan.path, hasher):
+    for where, obj in entries(plan.path, hasher):
         try:
             line = parse_entry(where, obj)
-        except _LineError as exc:
+        except LineError as exc:
             raise InputFileError(
                 [f"{where}: {exc} (the file changed after it was checked)"]
             ) from None
@@ -308,7 +88,7 @@ def submit_file(
                 endpoint=line.endpoint,
                 body=line.body,
                 idempotency_key=idempotency_key(plan.fingerprint, line.custom_id),
-                metadata=_metadata(line.custom_id),
+                metadata=metadata(line.custom_id),
             )
         )
         if len(chunk) >= CHUNK:
@@ -320,86 +100,6 @@ def submit_file(
             [f"{plan.path}: the file changed while it was submitted; run it again"]
         )
     return ids
-
-
-@dataclass(frozen=True)
-class Counts:
-    queued: int
-    in_batch: int
-    succeeded: int
-    failed: int
-
-    @property
-    def open(self) -> int:
-        return self.queued + self.in_batch
-
-
-class Tracker:
-    """Request states by pipelined reads, only of requests not yet final. A record that is
-    gone (expired after `result_retention_s`) counts as failed: its result is lost."""
-
-    def __init__(self, producer: BatchRelay, ids: Sequence[str]):
-        self.redis = producer.redis
-        self.keys = Keys(producer.settings.key_prefix)
-        self.open = list(dict.fromkeys(ids))
-        self.succeeded = 0
-        self.failed = 0
-
-    def refresh(self) -> Counts:
-        still: list[str] = []
-        queued = in_batch = 0
-        for start in range(0, len(self.open), CHUNK):
-            part = self.open[start : start + CHUNK]
-            pipe = self.redis.pipeline(transaction=False)
-            for rid in part:
-                pipe.hget(self.keys.req(rid), "state")
-            for rid, raw in zip(part, pipe.execute(), strict=True):
-                state = None if raw is None else raw.decode()
-                if state == SUCCEEDED:
-                    self.succeeded += 1
-                elif state in (FAILED, CANCELLED, None):
-                    self.failed += 1
-                else:
-                    still.append(rid)
-                    if state == IN_BATCH:
-                        in_batch += 1
-                    else:
-                        queued += 1
-        self.open = still
-        return Counts(queued, in_batch, self.succeeded, self.failed)
-
-
-def wait(
-    producer: BatchRelay,
-    ids: Sequence[str],
-    on_progress: Callable[[Counts], None],
-    *,
-    refresh_s: float = 1.0,
-    min_gap_s: float = 0.25,
-) -> Counts:
-    """Block until every request is final. Sleeps on the `done` channels of the requests'
-    groups (so the end is seen at once), re-reading states at most every `min_gap_s` after a
-    message and every `refresh_s` otherwise; the gaps stretch so that re-reading a very large
-    run takes no more than a tenth of the time."""
-    tracker = Tracker(producer, ids)
-    pubsub = producer.redis.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(*{tracker.keys.done(tag_of(rid)) for rid in ids})
-    try:
-        while True:
-            started = time.monotonic()
-            counts = tracker.refresh()
-            on_progress(counts)
-            if not tracker.open:
-                return counts
-            cost = time.monotonic() - started
-            pubsub.get_message(timeout=max(refresh_s, 10 * cost))
-            while pubsub.get_message(timeout=0) is not None:
-                pass
-            rest = started + max(min_gap_s, 10 * cost) - time.monotonic()
-            if rest > 0:
-                time.sleep(rest)
-    finally:
-        pubsub.close()
 
 
 def tokens(usage: Any) -> tuple[int, int]:
@@ -447,25 +147,23 @@ def write_results(producer: BatchRelay, plan: Plan, ids: Sequence[str], out: Pat
     """One line per input line, in input order: `{id, custom_id, status, response, error}`
     with `response` = `{status_code, body}` as in OpenAI's batch output. Written to a side
     file and renamed, so OUT is either complete or untouched."""
-    keys = Keys(producer.settings.key_prefix)
     summary = Summary()
     partial = out.with_name(out.name + ".part")
     with partial.open("wb") as f:
         for start in range(0, len(ids), CHUNK):
             part = ids[start : start + CHUNK]
-            pipe = producer.redis.pipeline(transaction=False)
-            for rid in part:
-                pipe.hmget(keys.req(rid), RESULT_FIELDS)
-            rows = pipe.execute()
+            payloads = producer.results(part)
             custom_ids = plan.custom_ids[start : start + CHUNK]
-            for custom_id, rid, values in zip(custom_ids, part, rows, strict=True):
+            for custom_id, rid, payload in zip(custom_ids, part, payloads, strict=True):
                 meta = plan.groups[tag_of(rid)]
                 usage = summary.by_model.setdefault(meta["model"], ModelUsage())
                 usage.requests += 1
-                if values[0] is None:
-                    line = {"id": rid, "status": FAILED, "response": None, "error": RECORD_GONE}
-                else:
-                    line = result_payload(rid, meta, values)
+                line = payload or {
+                    "id": rid,
+                    "status": FAILED,
+                    "response": None,
+                    "error": RECORD_GONE,
+                }
                 if line["status"] == SUCCEEDED:
                     summary.succeeded += 1
                     usage.succeeded += 1
@@ -487,50 +185,64 @@ def write_results(producer: BatchRelay, plan: Plan, ids: Sequence[str], out: Pat
 
 
 def cost_table(summary: Summary, prices: PriceTable) -> tuple[Table, list[str]]:
-    """The usage and cost table (compact enough for 80 columns), and the models it has no
-    price for."""
+    """The usage and cost table, and the models it has no price for.
+
+    Readable at 80 columns: model names are never wrapped or cut, figures never shortened. The
+    synchronous price is left to the caption (saving = synchronous - batch), and a `failed`
+    column shows only when a request failed.
+    """
+    by_model = sorted(summary.by_model.items())
+    any_failed = any(u.requests > u.succeeded for _, u in by_model)
     table = Table(
         title="Usage and cost (USD)",
         box=box.SIMPLE_HEAD,
         title_justify="left",
+        caption_justify="left",
         pad_edge=False,
         collapse_padding=True,
     )
-    table.add_column("model", overflow="fold", min_width=10)
-    for name in ("requests", "failed", "in tokens", "out tokens", "batch", "sync", "saving"):
+    table.add_column("model", no_wrap=True, min_width=max((len(m) for m, _ in by_model), default=5))
+    for name in ("requests", *(("failed",) if any_failed else ()), "in", "out", "batch", "saving"):
         table.add_column(name, justify="right", no_wrap=True)
-    totals = [0.0, 0.0]
+    batch_total = sync_total = 0.0
     unpriced = []
     all_usage = ModelUsage()
-    for model, u in sorted(summary.by_model.items()):
+    for model, u in by_model:
         for name in ("requests", "succeeded", "input_tokens", "output_tokens"):
             setattr(all_usage, name, getattr(all_usage, name) + getattr(u, name))
         price = prices.lookup(model)
         if price is None:
             unpriced.append(model)
-            money = ["-", "-", "-"]
+            money = ["-", "-"]
         else:
             batch = price.batch_cost(u.input_tokens, u.output_tokens)
             sync = price.sync_cost(u.input_tokens, u.output_tokens)
-            totals[0] += batch
-            totals[1] += sync
-            money = [usd(batch), usd(sync), usd(sync - batch)]
-        table.add_row(model, *_usage_cells(u), *money)
-    if len(summary.by_model) > 1:
-        batch, sync = totals
+            batch_total += batch
+            sync_total += sync
+            money = [usd(batch), usd(sync - batch)]
+        table.add_row(model, *_usage_cells(u, any_failed), *money)
+    if len(by_model) > 1:
         table.add_section()
-        table.add_row("total", *_usage_cells(all_usage), usd(batch), usd(sync), usd(sync - batch))
+        table.add_row(
+            "total",
+            *_usage_cells(all_usage, any_failed),
+            usd(batch_total),
+            usd(sync_total - batch_total),
+        )
+    if sync_total:
+        table.caption = (
+            f"in/out: tokens. Synchronous price {usd(sync_total)}, batch {usd(batch_total)}: "
+            f"saved {usd(sync_total - batch_total)} ({1 - batch_total / sync_total:.0%})."
+        )
     return table, unpriced
 
 
-def _usage_cells(u: ModelUsage) -> list[str]:
+def _usage_cells(u: ModelUsage, with_failed: bool) -> list[str]:
     failed = u.requests - u.succeeded
-    return [
-        f"{u.requests:,}",
-        f"[red]{failed:,}[/red]" if failed else "0",
-        count(u.input_tokens),
-        count(u.output_tokens),
-    ]
+    cells = [f"{u.requests:,}"]
+    if with_failed:
+        cells.append(f"[red]{failed:,}[/red]" if failed else "0")
+    return [*cells, count(u.input_tokens), count(u.output_tokens)]
 
 
 def count(n: int) -> str:
@@ -598,20 +310,19 @@ def _submit_and_wait(
         ]
         last_line = time.monotonic()
 
-        def show(c: Counts) -> None:
+        def show(c: StateCounts) -> None:
             nonlocal last_line
-            for task, value in zip(
-                bars, (c.queued, c.in_batch, c.succeeded, c.failed), strict=True
-            ):
+            failed = c.failed + c.cancelled + c.missing  # a record gone: its result is lost
+            for task, value in zip(bars, (c.pending, c.in_batch, c.succeeded, failed), strict=True):
                 progress.update(task, completed=value)
             if not console.is_terminal and time.monotonic() - last_line >= 30:
                 last_line = time.monotonic()
                 console.print(
-                    f"queued {c.queued:,}  in a batch {c.in_batch:,}  done {c.succeeded:,}  "
-                    f"failed {c.failed:,}"
+                    f"queued {c.pending:,}  in a batch {c.in_batch:,}  done {c.succeeded:,}  "
+                    f"failed {failed:,}"
                 )
 
-        wait(producer, ids, show)
+        producer.wait(ids, progress=show)
         return ids
 
 
@@ -645,13 +356,14 @@ def run(
             plan = scan(file, Intake(settings))
         kinds = ", ".join(f"{n:,} {k}" for k, n in sorted(plan.kinds.items()))
         console.print(
-            f"{file}: {plan.total:,} requests ({kinds}), fingerprint {plan.fingerprint[:12]}",
+            f"{file}: {plural(plan.total, 'request')} ({kinds}), "
+            f"fingerprint {plan.fingerprint[:12]}",
             markup=False,
         )
         ids = _submit_and_wait(console, producer, plan, no_wait, submitted)
         if ids is None:
             console.print(
-                f"submitted {plan.total:,} requests ({submitted.new:,} new, "
+                f"submitted {plural(plan.total, 'request')} ({submitted.new:,} new, "
                 f"{plan.total - submitted.new:,} already in the relay); run "
                 f"`batchrelay run {file}` again to collect the results",
                 markup=False,
@@ -665,12 +377,13 @@ def run(
         raise typer.Exit(EXIT_BAD_INPUT) from None
     except KeyboardInterrupt:
         console.print(
-            f"[yellow]interrupted[/yellow] ({submitted.lines:,} requests submitted so far); "
+            f"[yellow]interrupted[/yellow] ({plural(submitted.lines, 'request')} submitted "
+            "so far); "
             "run the same command again to resume: nothing is submitted twice"
         )
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    except redis.ConnectionError as exc:
-        console.print(f"cannot reach Redis: {exc}", style="red", markup=False, highlight=False)
+    except RelayUnavailableError as exc:
+        console.print(str(exc), style="red", markup=False, highlight=False)
         raise typer.Exit(EXIT_FAILED) from None
     finally:
         producer.close()

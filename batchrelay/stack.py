@@ -44,7 +44,12 @@ from batchrelay.config.urls import redacted
 if TYPE_CHECKING:  # the emulator (FastAPI, uvicorn) is imported only when a stack starts
     from batchrelay.emulator import EmulatorConfig, EmulatorHandle
 
-PROFILE = "emulator"
+PROFILE = "emulator"  # the emulator's OpenAI routes
+ANTHROPIC_PROFILE = "emulator-anthropic"  # its Anthropic message batches, at its root URL
+MISTRAL_PROFILE = "emulator-mistral"  # its Mistral batch jobs, under /mistral
+MISTRAL_MODEL_PREFIXES = ("mistral-", "open-mistral-", "ministral-", "codestral-")
+GEMINI_PROFILE = "emulator-gemini"  # its Gemini Batch Mode, at its root URL (/v1beta/...)
+GEMINI_MODEL_PREFIXES = ("gemini-",)
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 20.0
 LOG_TAIL_CHARS = 3000
@@ -172,7 +177,7 @@ class EmbeddedStack:
     `settings` overrides the dev defaults (`DEV_SETTINGS`); `emulator` is an EmulatorConfig
     (default: `DEV_EMULATOR` timings on a free port, any `BATCHRELAY_EMULATOR_*` variable
     winning). Logs and Redis data live in a temporary directory removed by `stop()`, unless
-    `workdir` is given.
+    `workdir` is given or a process of the stack died (its log is evidence: it is kept).
     """
 
     def __init__(
@@ -199,6 +204,7 @@ class EmbeddedStack:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: dict[str, Path] = {}
         self._started = False
+        self._keep_workdir = False
 
     # -- what a caller uses ---------------------------------------------------------------
 
@@ -277,13 +283,7 @@ class EmbeddedStack:
         values: dict[str, Any] = {
             **DEV_SETTINGS,
             "redis_url": url,
-            "providers": [
-                {
-                    "name": PROFILE,
-                    "base_url": emulator.openai_base_url,
-                    "api_key": emulator.api_key,
-                }
-            ],
+            "providers": emulator_profiles(emulator),
             "webhook_secrets": [self.secret],
             **self.overrides,
         }
@@ -404,14 +404,18 @@ class EmbeddedStack:
         raise StackError(f"the worker was not ready after {waited}\n{self.logs()}")
 
     def check(self) -> None:
-        """Raise StackError (with the log tail) if a process of the stack has exited."""
+        """Raise StackError if a process of the stack has exited: which one, how, and where its
+        log is (with its tail). The logs are then kept when the stack stops."""
         procs = dict(self.procs)
         if self.redis_proc is not None:
             procs["redis"] = self.redis_proc
         for name, proc in procs.items():
             if proc.poll() is not None:
+                self._keep_workdir = True
+                log = self._logs[name]
                 raise StackError(
-                    f"{name} exited with code {proc.returncode}\n{_tail(self._logs[name])}"
+                    f"{name} {_how_it_ended(proc.returncode)}; its log: {log}\n{_tail(log)}\n"
+                    f"the stack is stopped; its logs are kept in {self.logdir}"
                 )
 
     def wait(self, interval: float = 0.5) -> None:
@@ -440,9 +444,65 @@ class EmbeddedStack:
         if self.redis_proc is not None:
             proc, self.redis_proc = self.redis_proc, None
             _stop_group(proc, 10)
-        if self.workdir is not None and self._given_workdir is None:
+        if self.workdir is not None and self._given_workdir is None and not self._keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
         self._started = False
+
+
+def emulator_profiles(emulator: EmulatorHandle) -> list[dict[str, Any]]:
+    """Provider profiles for everything the emulator serves, with its own model globs: its
+    OpenAI models at its OpenAI routes, its `claude-*` models at its Anthropic routes, its
+    Mistral models at its Mistral routes, its `gemini-*` models at its Gemini routes. So a
+    model it does not know is refused at submit(), as in production."""
+    models = emulator.config.models
+    anthropic = [glob for glob in models if glob.startswith("claude")]
+    mistral = [glob for glob in models if glob.startswith(MISTRAL_MODEL_PREFIXES)]
+    gemini = [glob for glob in models if glob.startswith(GEMINI_MODEL_PREFIXES)]
+    others = {*anthropic, *mistral, *gemini}
+    openai = [glob for glob in models if glob not in others]
+    shared = {"api_key": emulator.api_key}
+    profiles = [
+        {"name": PROFILE, "base_url": emulator.openai_base_url, "models": openai, **shared},
+        {
+            "name": ANTHROPIC_PROFILE,
+            "kind": "anthropic",
+            "base_url": emulator.anthropic_base_url,
+            "models": anthropic,
+            **shared,
+        },
+        {
+            "name": MISTRAL_PROFILE,
+            "kind": "mistral",
+            "base_url": emulator.mistral_base_url,
+            "models": mistral,
+            **shared,
+        },
+        {
+            "name": GEMINI_PROFILE,
+            "kind": "gemini",
+            "base_url": emulator.gemini_base_url,
+            "models": gemini,
+            **shared,
+        },
+    ]
+    return [p for p in profiles if p["models"]]
+
+
+def profile_lines(settings: Settings) -> str:
+    """The banner's provider lines: each profile's name, base URL and model globs."""
+    width = max(len(p.name) for p in settings.providers)
+    return "\n".join(
+        f"  {'providers' if i == 0 else '':<10} {p.name:<{width}}  {p.base_url}  "
+        + ", ".join(p.models)
+        for i, p in enumerate(settings.providers)
+    )
+
+
+def _how_it_ended(returncode: int) -> str:
+    if returncode < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-returncode).name}"
+    return f"exited with code {returncode}"
 
 
 def _check_redis(url: str) -> None:
@@ -536,8 +596,7 @@ def dev(
                 console.print(
                     f"ready in {time.monotonic() - started:.1f} s\n"
                     f"  Redis      {redacted(stack.redis_url)}{redis_note}\n"
-                    f"  emulator   {stack.provider_url} "
-                    f"(provider profile {PROFILE!r}, serves gpt-*, text-embedding-*, claude-*…)\n"
+                    f"{profile_lines(stack.settings)}\n"
                     f"  logs       {stack.logdir}\n\n"
                     "In your web app's shell:\n"
                 )
@@ -554,7 +613,7 @@ def dev(
     except (KeyboardInterrupt, Stopped):
         console.print("\nstopped; every process this command started has exited")
     except StackError as exc:
-        console.print(f"[red]batchrelay dev: {exc}[/red]")
+        console.print(f"batchrelay dev: {exc}", style="red", markup=False)
         raise typer.Exit(1) from None
 
 

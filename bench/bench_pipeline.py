@@ -25,12 +25,12 @@ import httpx
 import orjson
 import psutil
 from batchrelay.config import load_settings
-from batchrelay.producer import BatchRelay
 from batchrelay.worker.collection import collect_batch
 from batchrelay.worker.context import Relay
 from batchrelay.worker.packing import aggregate
 from batchrelay.worker.submission import submit_batch
 
+from batchrelay import BatchRelay
 from bench._redis import private_redis
 from tests._redis import free_port
 

@@ -14,8 +14,8 @@ import uuid
 
 import orjson
 from batchrelay.config import load_settings
-from batchrelay.producer import BatchRelay
 
+from batchrelay import BatchRelay
 from bench._redis import private_redis
 
 N_MANY = int(os.environ.get("BENCH_N_MANY", "50000"))

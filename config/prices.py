@@ -1,8 +1,8 @@
 """Model prices for the cost table of `batchrelay run`: USD per 1M tokens and the batch discount.
 
-The defaults are list prices of common OpenAI, Anthropic and Gemini models (synchronous API,
-standard tier, as published in 2025); providers change them, so any entry can be overridden or added
-without a release, from the environment or the TOML file the rest of the settings come from:
+The defaults are list prices of common OpenAI, Anthropic, Mistral and Gemini models (synchronous
+API, standard tier, as published in 2025); providers change them, so any entry can be overridden or
+added without a release, from the environment or the TOML file the rest of the settings come from:
 
     BATCHRELAY_PRICES='{"gpt-4o": {"input": 2.5, "output": 10}, "my-model": {"input": 1}}'
 
@@ -103,6 +103,17 @@ DEFAULT_PRICES: dict[str, ModelPrice] = {
     "claude-3-5-haiku": _p(0.80, 4.0),
     "claude-3-opus": _p(15.0, 75.0),
     "claude-3-haiku": _p(0.25, 1.25),
+    # Mistral (its batch jobs are also half price)
+    "mistral-large": _p(2.0, 6.0),
+    "mistral-medium": _p(0.40, 2.0),
+    "mistral-small": _p(0.10, 0.30),
+    "ministral-8b": _p(0.10, 0.10),
+    "ministral-3b": _p(0.04, 0.04),
+    "open-mistral-nemo": _p(0.15, 0.15),
+    "codestral": _p(0.30, 0.90),
+    "pixtral-large": _p(2.0, 6.0),
+    "mistral-embed": _p(0.10),
+    "mistral-moderation": _p(0.10),
     # Google Gemini (prompts up to 200k tokens; longer ones cost more on the Pro models)
     "gemini-2.5-pro": _p(1.25, 10.0),
     "gemini-2.5-flash": _p(0.30, 2.50),

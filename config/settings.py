@@ -16,7 +16,15 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from batchrelay.config.errors import ConfigurationError
-from batchrelay.config.kinds import KIND_SETTINGS, KINDS, OPENAI, ProviderKind, kinds_with
+from batchrelay.config.kinds import (
+    KIND_SETTINGS,
+    KINDS,
+    OPENAI,
+    VENDORS,
+    ProviderKind,
+    Vendor,
+    kinds_with,
+)
 from batchrelay.config.urls import RedisUrl, redacted
 from batchrelay.config.webhook_secrets import webhook_secret_key
 from pydantic import (
@@ -41,8 +49,9 @@ DEFAULT_CHARS_PER_TOKEN = 4.0
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
-Kind = Literal["openai", "azure", "anthropic", "gemini"]
+Kind = Literal["openai", "azure", "anthropic", "mistral", "gemini"]
 AuthStyle = Literal["bearer", "x-api-key", "api-key", "x-goog-api-key"]
+VendorName = Literal["openai", "groq", "together"]
 
 
 class ProviderProfile(BaseModel):
@@ -56,6 +65,8 @@ class ProviderProfile(BaseModel):
 
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")]
     kind: Kind = "openai"
+    # Before the fields whose checks depend on it (endpoints, completion_window).
+    vendor: VendorName | None = None
     base_url: str
     api_key: SecretStr
     models: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
@@ -72,6 +83,7 @@ class ProviderProfile(BaseModel):
     anthropic_version: str | None = None
     batches_path: str | None = None
     api_version: str | None = None
+    inline_max_bytes: Annotated[int, Field(ge=0)] | None = None
     enabled: bool = True
     fallbacks: list[str] = Field(default_factory=list)
     max_batches_in_flight: PositiveInt | None = None
@@ -86,10 +98,15 @@ class ProviderProfile(BaseModel):
         # An unknown kind gets OpenAI's defaults; the Literal check reports the bad kind.
         name = data.get("kind", OPENAI.name)
         kind = KINDS.get(name, OPENAI) if isinstance(name, str) else OPENAI
+        vendor = data.get("vendor")
+        # A vendor's limits replace the kind's (the vendor check reports a misplaced one).
+        facts: ProviderKind | Vendor = kind
+        if kind is OPENAI and isinstance(vendor, str) and vendor in VENDORS:
+            facts = VENDORS[vendor]
         return {
-            "endpoints": list(kind.endpoints),
-            "max_requests_per_batch": kind.max_requests_per_batch,
-            "max_bytes_per_batch": kind.max_bytes_per_batch,
+            "endpoints": list(facts.endpoints),
+            "max_requests_per_batch": facts.max_requests_per_batch,
+            "max_bytes_per_batch": facts.max_bytes_per_batch,
             "max_line_bytes": kind.max_line_bytes,
             "auth_style": kind.auth_style,
             **kind.defaults,
@@ -116,12 +133,13 @@ class ProviderProfile(BaseModel):
     @field_validator("endpoints")
     @classmethod
     def _endpoints(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        kind = info.data.get("kind", OPENAI.name)
-        allowed = KINDS[kind].endpoints
+        kind, vendor = info.data.get("kind", OPENAI.name), info.data.get("vendor")
+        allowed = _facts(kind, vendor).endpoints
         unknown = [e for e in value if e not in allowed]
         if unknown or not value:
+            where = f"vendor {vendor!r}" if vendor else f"kind {kind!r}"
             raise ValueError(
-                f"unsupported endpoint(s) {unknown} for kind {kind!r}; supported: {list(allowed)}"
+                f"unsupported endpoint(s) {unknown} for {where}; supported: {list(allowed)}"
             )
         return value
 
@@ -139,7 +157,8 @@ class ProviderProfile(BaseModel):
     @field_validator("completion_window")
     @classmethod
     def _window(cls, value: str, info: ValidationInfo) -> str:
-        windows = KINDS[info.data.get("kind", OPENAI.name)].completion_windows
+        windows = _facts(info.data.get("kind", OPENAI.name), info.data.get("vendor"))
+        windows = windows.completion_windows
         if value not in windows:
             raise ValueError(f"must be one of {sorted(windows)}, got {value!r}")
         return value
@@ -182,6 +201,11 @@ class ProviderProfile(BaseModel):
                 "https://NAME.openai.azure.com; batchrelay adds /openai/v1 (or /openai with "
                 "api_version)"
             )
+        if self.kind == "mistral" and path.endswith("/v1"):
+            raise ValueError(
+                "base_url: for kind 'mistral' give the API root, e.g. https://api.mistral.ai; "
+                "batchrelay adds /v1/files and /v1/batch/jobs"
+            )
 
     def _check_file_lifetime(self) -> None:
         window = self.completion_window_s
@@ -216,8 +240,13 @@ class ProviderProfile(BaseModel):
         return KINDS[self.kind]
 
     @property
+    def vendor_facts(self) -> Vendor:
+        """The OpenAI-style vendor this profile talks to (OpenAI itself unless named)."""
+        return VENDORS[self.vendor or OPENAI.name]
+
+    @property
     def completion_window_s(self) -> int:
-        return self.provider_kind.completion_windows[self.completion_window]
+        return _facts(self.kind, self.vendor).completion_windows[self.completion_window]
 
     @property
     def upload_expiry_s(self) -> int | None:
@@ -249,6 +278,11 @@ class ProviderProfile(BaseModel):
             if fnmatch.fnmatchcase(model, glob):
                 return spec
         return DEFAULT_CHARS_PER_TOKEN
+
+
+def _facts(kind: str, vendor: str | None) -> ProviderKind | Vendor:
+    """Where a profile's endpoints and windows come from: its vendor's facts, else its kind's."""
+    return VENDORS[vendor] if vendor else KINDS[kind]
 
 
 def _check_webhook_secret(value: SecretStr) -> SecretStr:

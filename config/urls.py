@@ -9,6 +9,8 @@ from pydantic import SecretStr
 # `scheme://userinfo@`: userinfo runs to the last `@` before the host's `/`, `?` or `#`, as
 # `urlsplit` reads it, so a password holding a raw `@` is still covered whole.
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#\s'\"]*)@")
+# redis-py also reads a password from the query string (`?password=...`).
+_QUERY_PASSWORD = re.compile(r"(?P<key>[?&]password=)[^&#\s'\"]*", re.IGNORECASE)
 
 
 def _mask(match: re.Match[str]) -> str:
@@ -20,7 +22,7 @@ def _mask(match: re.Match[str]) -> str:
 
 def redacted(text: str) -> str:
     """`text` with the password (or lone token) of every URL in it replaced by `***`."""
-    return _USERINFO.sub(_mask, text)
+    return _QUERY_PASSWORD.sub(r"\g<key>***", _USERINFO.sub(_mask, text))
 
 
 class RedisUrl(SecretStr):

@@ -3,7 +3,10 @@
 Paths served:
   /v1/files..., /v1/batches...              OpenAI
   /openai/v1/..., /openai/...?api-version=  Azure OpenAI (always on)
+  /groq/openai/v1/...                       Groq's OpenAI-style batches
+  /together/v1/...                          Together AI's OpenAI-style batches
   /v1/messages/batches...                   Anthropic
+  /mistral/v1/files..., /mistral/v1/batch/jobs...  Mistral
   /v1beta/..., /upload/..., /download/...   Gemini
   /v1/... with a Google API key             Gemini (GeminiPathMiddleware)
   <anthropic_batches_path>...               Anthropic, as a reseller serves it
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import orjson
 from batchrelay.emulator.engine import Engine
-from batchrelay.emulator.errors import ApiError, server_error_body
+from batchrelay.emulator.errors import ApiError, Shape, server_error_body
 from batchrelay.emulator.routes_admin import admin_router
 from batchrelay.emulator.routes_anthropic import (
     BASE,
@@ -27,12 +30,20 @@ from batchrelay.emulator.routes_gemini import (
     VERSION_SCOPE_KEY,
     gemini_routers,
 )
+from batchrelay.emulator.routes_mistral import PREFIX as MISTRAL_PREFIX
+from batchrelay.emulator.routes_mistral import mistral_router
 from batchrelay.emulator.routes_openai import openai_router
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-OPENAI_MOUNTS = {"/v1": "openai", "/openai/v1": "azure", "/openai": "azure"}
+OPENAI_MOUNTS = {
+    "/v1": "openai",
+    "/openai/v1": "azure",
+    "/openai": "azure",
+    "/groq/openai/v1": "groq",
+    "/together/v1": "together",
+}
 PEEK_LIMIT = 1024 * 1024
 
 
@@ -113,17 +124,27 @@ def _google_keyed(scope: Scope) -> bool:
     )
 
 
-def _shape(scope: Scope) -> str:
-    path = scope.get(ORIGINAL_PATH_KEY, scope.get("path", ""))
-    if path.startswith(GEMINI_PREFIXES) or VERSION_SCOPE_KEY in scope or _google_keyed(scope):
+def path_shape(path: str) -> Shape:
+    """The error envelope of the provider a path belongs to."""
+    if path.startswith(GEMINI_PREFIXES):
         return "gemini"
-    if path.startswith("/v1/messages") or PREFIX_SCOPE_KEY in scope:
+    if path.startswith("/v1/messages"):
         return "anthropic"
-    return "openai"
+    return "mistral" if path.startswith(MISTRAL_PREFIX + "/") else "openai"
 
 
-def _route_shape(request: Request) -> str:
-    return _shape(request.scope)
+def scope_shape(scope: Scope) -> Shape:
+    """The error envelope of the provider a call belongs to: a Google API key or a rewritten
+    Gemini /v1/ path makes it Gemini's, a reseller prefix Anthropic's, else its path decides."""
+    if VERSION_SCOPE_KEY in scope or _google_keyed(scope):
+        return "gemini"
+    if PREFIX_SCOPE_KEY in scope:
+        return "anthropic"
+    return path_shape(scope.get(ORIGINAL_PATH_KEY, scope.get("path", "")))
+
+
+def _route_shape(request: Request) -> Shape:
+    return scope_shape(request.scope)
 
 
 class GeminiPathMiddleware:
@@ -166,8 +187,7 @@ class LostReplyMiddleware:
             pass
 
         await self.app(scope, receive, swallow)
-        shape = _shape(scope)
-        body = server_error_body(shape, 500)  # type: ignore[arg-type]
+        body = server_error_body(scope_shape(scope), 500)
         await ApiError(500, "injected: reply lost", body=body).to_response()(scope, receive, send)
 
 
@@ -190,17 +210,18 @@ def create_app(engine: Engine) -> FastAPI:
         if exc.status_code != 404:
             message = str(exc.detail)
         shape = _route_shape(request)
-        return ApiError(exc.status_code, message, shape=shape).to_response()  # type: ignore[arg-type]
+        return ApiError(exc.status_code, message, shape=shape).to_response()
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception):
         shape = _route_shape(request)
-        return ApiError(500, f"Emulator error: {exc!r}", shape=shape).to_response()  # type: ignore[arg-type]
+        return ApiError(500, f"Emulator error: {exc!r}", shape=shape).to_response()
 
     app.include_router(admin_router())
     app.include_router(anthropic_router())
     for prefix, router in gemini_routers():
         app.include_router(router, prefix=prefix)
+    app.include_router(mistral_router())
     for mount, flavor in OPENAI_MOUNTS.items():
         app.include_router(openai_router(flavor), prefix=mount)
     app.add_middleware(ResellerPathMiddleware, prefix=engine.config.anthropic_batches_path)

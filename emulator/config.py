@@ -41,6 +41,10 @@ DEFAULT_MODELS = [
     "babbage-*",
     "davinci-*",
     "claude-*",
+    "mistral-*",
+    "open-mistral-*",
+    "ministral-*",
+    "codestral-*",
     "gemini-*",
 ]
 
@@ -139,6 +143,10 @@ class EmulatorConfig(BaseSettings):
     max_batch_requests: int = Field(50_000, ge=1)
     max_anthropic_requests: int = Field(100_000, ge=1)
     max_anthropic_body_bytes: int = Field(256 * MB, ge=1)
+    max_mistral_requests: int = Field(1_000_000, ge=1)
+    # A Mistral create body (inline `requests`) larger than this is refused with 413; Mistral
+    # publishes no such limit, so this is the emulator's own bound on what it reads.
+    max_mistral_body_bytes: int = Field(64 * MB, ge=1)
     # Gemini: the create call (inline requests) must stay under 20 MB; files hold up to 2 GB.
     max_gemini_body_bytes: int = Field(20 * MB, ge=1)
     max_gemini_file_bytes: int = Field(2048 * MB, ge=1)

@@ -298,6 +298,14 @@ def anthropic_message(params: dict, ctx: Ctx) -> Reply:
     )
 
 
+def fim_completion(body: dict, ctx: Ctx) -> Reply:
+    """Mistral's fill-in-the-middle: a chat.completion whose text echoes the prompt."""
+    prompt = body.get("prompt") if isinstance(body.get("prompt"), str) else ""
+    reply = chat_completion({**body, "messages": [{"role": "user", "content": prompt}]}, ctx)
+    body_out = {**reply.body, "id": "fim-" + ctx.key[:24]}
+    return Reply(body_out, reply.input_tokens, reply.output_tokens)
+
+
 OPENAI_ENDPOINTS: dict[str, Callable[[dict, Ctx], Reply]] = {
     "/v1/chat/completions": chat_completion,
     "/v1/embeddings": embeddings,
@@ -306,8 +314,15 @@ OPENAI_ENDPOINTS: dict[str, Callable[[dict, Ctx], Reply]] = {
     "/v1/moderations": moderations,
 }
 
+# Every endpoint the emulator answers in a batch: OpenAI's and Mistral's fill-in-the-middle.
+HANDLERS: dict[str, Callable[[dict, Ctx], Reply]] = {
+    **OPENAI_ENDPOINTS,
+    "/v1/fim/completions": fim_completion,
+}
+
 # The body parameter each endpoint cannot do without (checked during validation).
 REQUIRED_PARAM = {
+    "/v1/fim/completions": "prompt",
     "/v1/chat/completions": "messages",
     "/v1/embeddings": "input",
     "/v1/responses": "input",

@@ -11,6 +11,7 @@ import os
 import secrets
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,7 +177,9 @@ class Engine:
         completion_window: str,
         metadata: dict[str, str] | None,
         output_expires_after_s: int | None,
+        window_factor: float = 1.0,
     ) -> BatchRecord:
+        """`window_factor` scales the emulated window for a completion_window over 24h."""
         batch = self._new_batch(
             "openai",
             flavor,
@@ -186,8 +189,49 @@ class Engine:
             metadata=metadata,
             output_expires_after_s=output_expires_after_s,
         )
+        if batch.window_s is not None:
+            batch.window_s *= window_factor
         self.store.save_batch(batch)
         self.count(f"batches_created.{flavor}")
+        self.scheduler.at(batch.created_at + batch.validating_delay_s, "validate", batch.id)
+        return batch
+
+    def create_mistral_job(
+        self,
+        requests: Path,
+        size: int,
+        *,
+        endpoint: str,
+        input_files: list[str],
+        metadata: dict[str, str] | None,
+        timeout_hours: int,
+    ) -> BatchRecord:
+        """A Mistral job over its requests, normalised to OpenAI lines in an internal file
+        (`requests`), so it runs through the same validate and finish steps. Emulated time
+        scales its timeout: `timeout_hours` = 24 lasts `completion_window_s`."""
+        spool = self.add_file(
+            requests,
+            filename="requests.jsonl",
+            purpose="batch",
+            size=size,
+            expires_at=None,
+            internal=True,
+            prefix="mistralreq_",
+        )
+        batch = self._new_batch(
+            "openai",
+            "mistral",
+            input_file_id=spool.id,
+            endpoint=endpoint,
+            completion_window=f"{timeout_hours}h",
+            metadata=metadata,
+            input_files=input_files,
+            inline=not input_files,
+        )
+        batch.id = str(uuid.uuid4())
+        batch.window_s = self.timings.completion_window_s * timeout_hours / 24
+        self.store.save_batch(batch)
+        self.count("batches_created.mistral")
         self.scheduler.at(batch.created_at + batch.validating_delay_s, "validate", batch.id)
         return batch
 
@@ -348,16 +392,22 @@ class Engine:
                     batch_id=batch.id,
                     error_fraction=batch.fault_error_fraction,
                     known_model=self.known_model,
-                    max_requests=self.config.max_batch_requests,
+                    max_requests=self._max_requests(batch),
+                    lines_name_method_url=batch.flavor != "together",
                 )
                 errors = result.errors
                 if batch.fault_validation_code:
                     code = batch.fault_validation_code
-                    errors = [canned_error(code, result.model, self.config.max_batch_requests)]
+                    errors = [canned_error(code, result.model, self._max_requests(batch))]
             self._commit_validation(batch, errors, result)
         finally:
             with self.lock:
                 self._busy["validate"].discard(batch_id)
+
+    def _max_requests(self, batch: BatchRecord) -> int:
+        if batch.flavor == "mistral":
+            return self.config.max_mistral_requests
+        return self.config.max_batch_requests
 
     def _commit_validation(self, batch: BatchRecord, errors: list[dict], result) -> None:
         with self.lock:
@@ -517,7 +567,7 @@ class Engine:
             counters = dict(self._counters)
         created = {
             flavor: counters.get(f"batches_created.{flavor}", 0)
-            for flavor in ("openai", "azure", "anthropic", "gemini")
+            for flavor in ("openai", "azure", "anthropic", "mistral", "groq", "together", "gemini")
         }
         return {
             "batches_created": {**created, "total": sum(created.values())},

@@ -8,7 +8,7 @@ from typing import Literal
 import orjson
 from fastapi import Response
 
-Shape = Literal["openai", "anthropic", "gemini"]
+Shape = Literal["openai", "anthropic", "mistral", "gemini"]
 
 ANTHROPIC_TYPES = {
     400: "invalid_request_error",
@@ -73,6 +73,12 @@ def openai_error(
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+def mistral_error(status: int, message: str, code: str | None = None) -> dict:
+    """Mistral's envelope: the error fields at the top level, tagged `object: "error"`."""
+    error_type = "invalid_request_error" if status < 500 else "api_error"
+    return {"object": "error", "message": message, "type": error_type, "param": None, "code": code}
+
+
 def anthropic_error(status: int, message: str, req_id: str | None = None) -> dict:
     error_type = ANTHROPIC_TYPES.get(status, "api_error")
     return {
@@ -97,6 +103,10 @@ def server_error_body(shape: Shape, status: int) -> dict:
             529: "Overloaded",
         }
         return anthropic_error(status, messages.get(status, "Internal server error"))
+    if shape == "mistral":
+        text, _ = OPENAI_SERVER_MESSAGES.get(status, OPENAI_SERVER_MESSAGES[500])
+        message = INJECTED_400 if status == 400 else text
+        return mistral_error(status, message, "rate_limit_exceeded" if status == 429 else None)
     if status == 400:
         return openai_error(INJECTED_400)
     message, kind = OPENAI_SERVER_MESSAGES.get(status, OPENAI_SERVER_MESSAGES[500])
@@ -138,6 +148,8 @@ class ApiError(Exception):
             body = google_error(self.status, self.message, self.code)
         elif self.shape == "anthropic":
             body = anthropic_error(self.status, self.message, req_id)
+        elif self.shape == "mistral":
+            body = mistral_error(self.status, self.message, self.code)
         else:
             type_ = self.type_ or (
                 "server_error" if self.status >= 500 else "invalid_request_error"

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from batchrelay.emulator.errors import ApiError, server_error_body
 from fastapi import Request
 
-Flavor = str  # "openai" | "azure" | "anthropic"
+Flavor = str  # "openai" | "azure" | "anthropic" | "mistral" | "groq" | "together"
 
 AZURE_401 = (
     "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide "
@@ -41,6 +41,8 @@ def unauthorized(flavor: Flavor, presented: list[str]) -> ApiError:
     if flavor == "anthropic":
         message = "invalid x-api-key" if presented else "x-api-key header is required"
         return ApiError(401, message, shape="anthropic")
+    if flavor == "mistral":
+        return ApiError(401, "Unauthorized", body={"message": "Unauthorized", "request_id": ""})
     if flavor == "azure":
         return ApiError(401, AZURE_401, body={"error": {"code": "401", "message": AZURE_401}})
     if presented:
@@ -89,7 +91,7 @@ def check_versions(request: Request, flavor: Flavor, path: str) -> None:
 
 def api_guard(flavor: Flavor) -> Callable[[Request], Awaitable[None]]:
     """FastAPI dependency for the API routes of one provider flavor."""
-    shape = "anthropic" if flavor == "anthropic" else "openai"
+    shape = flavor if flavor in ("anthropic", "mistral") else "openai"
 
     async def guard(request: Request) -> None:
         engine = request.app.state.engine

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import orjson
-from batchrelay.emulator.content import OPENAI_ENDPOINTS, Ctx, anthropic_message
+from batchrelay.emulator.content import HANDLERS, Ctx, anthropic_message
 from batchrelay.emulator.errors import anthropic_error, google_error, server_error_body
 from batchrelay.emulator.faults import digest_fails, line_digest
 from batchrelay.emulator.gemini_content import reply as gemini_reply
@@ -142,11 +142,11 @@ def _requests(path: Path):
 def write_openai_results(
     batch: BatchRecord, src: Path, out_path: Path, err_path: Path, *, embedding_dim: int
 ) -> Outcome:
-    handler = OPENAI_ENDPOINTS[normalize_endpoint(batch.endpoint)]
+    handler = HANDLERS[normalize_endpoint(batch.endpoint)]
     never_code = NEVER_RAN.get(batch.run_end_kind or "", "batch_cancelled")
     never_error = {"code": never_code, "message": NEVER_RAN_MESSAGES[never_code]}
     status = batch.fault_error_status
-    fail_body = server_error_body("openai", status)
+    fail_body = server_error_body("mistral" if batch.flavor == "mistral" else "openai", status)
     fraction, ran = batch.fault_error_fraction, batch.processed
     start, rate = batch.in_progress_at or batch.created_at, batch.rate_rps
     input_tokens = output_tokens = 0
@@ -161,8 +161,10 @@ def write_openai_results(
             key = digest.hex()
             line = {"id": "batch_req_" + key, "custom_id": custom_id}
             if i >= ran:
-                line["response"], line["error"] = None, never_error
-                err.write(dumps(line) + b"\n")
+                # Mistral reports no line for a request that never ran (timeout, cancel).
+                if batch.flavor != "mistral":
+                    line["response"], line["error"] = None, never_error
+                    err.write(dumps(line) + b"\n")
                 continue
             if fraction > 0 and digest_fails(digest, fraction):
                 response = {"status_code": status, "request_id": "req_" + key, "body": fail_body}

@@ -8,9 +8,11 @@ the path the client used.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import anyio
 from batchrelay.emulator.anthropic_body import BodyError, split_requests
+from batchrelay.emulator.bodies import bounded_stream
 from batchrelay.emulator.downloads import FileDownload, html_error_page
 from batchrelay.emulator.engine import CancelConflict, Engine, NotEnded
 from batchrelay.emulator.errors import ApiError
@@ -49,22 +51,16 @@ def _render(request: Request, batch: BatchRecord) -> Response:
     return json_response(anthropic_batch(batch, time.time(), results_base(request)))
 
 
-async def _spool_body(request: Request, limit: int):
-    engine = _engine(request)
-    declared = request.headers.get("content-length")
-    too_large = _error(413, f"Request exceeds the maximum allowed size of {limit} bytes.")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise too_large
-    spool = engine.store.tmp_path(".body")
-    size = 0
-    with open(spool, "wb") as out:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                out.close()
-                spool.unlink(missing_ok=True)
-                raise too_large
-            out.write(chunk)
+async def _spool_body(request: Request, limit: int) -> Path:
+    """The body in a spool file (a 256 MB body must not sit in memory); 413 past `limit`."""
+    spool = _engine(request).store.tmp_path(".body")
+    try:
+        with open(spool, "wb") as out:
+            async for chunk in bounded_stream(request, limit, "anthropic"):
+                out.write(chunk)
+    except BaseException:
+        spool.unlink(missing_ok=True)
+        raise
     return spool
 
 

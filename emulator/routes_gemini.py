@@ -28,6 +28,7 @@ from typing import Any
 
 import anyio
 import orjson
+from batchrelay.emulator.bodies import bounded_stream, read_bounded
 from batchrelay.emulator.downloads import FileDownload, html_error_page
 from batchrelay.emulator.engine import (
     GEMINI_FILE_LIFETIME_S,
@@ -91,21 +92,6 @@ def _inject_fault(request: Request) -> None:
     status, retry_after = fault
     headers = {"retry-after": str(math.ceil(retry_after))} if retry_after is not None else {}
     raise ApiError(status, "injected", headers=headers, body=server_error_body("gemini", status))
-
-
-async def read_bounded(request: Request, limit: int) -> bytes:
-    """The request body, refused as Google does once it passes `limit` bytes."""
-    too_large = _error(400, f"Request payload size exceeds the limit: {limit} bytes.")
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise too_large
-    parts, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        parts.append(chunk)
-    return b"".join(parts)
 
 
 def _json_object(raw: bytes) -> dict:
@@ -200,7 +186,7 @@ def batch_router() -> APIRouter:
                 f"models/{model} is not found for API version {ver}, or is not supported "
                 f"for {action}.",
             )
-        raw = await read_bounded(request, engine.config.max_gemini_body_bytes)
+        raw = await read_bounded(request, engine.config.max_gemini_body_bytes, "gemini")
         body = await anyio.to_thread.run_sync(_json_object, raw)
         batch = body.get("batch")
         if not isinstance(batch, dict):
@@ -411,7 +397,7 @@ async def _start(request: Request, sessions: UploadSessions) -> Response:
     limit = engine.config.max_gemini_file_bytes
     if declared is not None and declared > limit:
         raise _error(400, f"File size {declared} exceeds the limit of {limit} bytes.")
-    meta = _json_object(await read_bounded(request, MAX_START_BODY)).get("file") or {}
+    meta = _json_object(await read_bounded(request, MAX_START_BODY, "gemini")).get("file") or {}
     if not isinstance(meta, dict):
         raise _error(400, "* file: must be an object")
     display = _field(meta, "displayName", "display_name") or ""
@@ -464,14 +450,15 @@ async def _chunk(request: Request, sessions: UploadSessions, upload_id: str) -> 
     limit = (
         session.declared if session.declared is not None else engine.config.max_gemini_file_bytes
     )
-    with open(session.path, "ab") as out:
-        async for chunk in request.stream():
-            if session.received + len(chunk) > limit:
-                sessions.close(upload_id)
-                raise _error(400, f"The upload exceeds its declared size of {limit} bytes.")
-            out.write(chunk)
-            session.sha256.update(chunk)
-            session.received += len(chunk)
+    try:
+        with open(session.path, "ab") as out:
+            async for chunk in bounded_stream(request, limit - session.received, "gemini"):
+                out.write(chunk)
+                session.sha256.update(chunk)
+                session.received += len(chunk)
+    except ApiError:  # the chunk would pass the declared size: the session is spoilt
+        sessions.close(upload_id)
+        raise _error(400, f"The upload exceeds its declared size of {limit} bytes.") from None
     if "finalize" not in commands:
         return Response(b"", 200, headers=active)
     if session.declared is not None and session.received != session.declared:

@@ -1,7 +1,11 @@
-"""OpenAI Files + Batches routes; the same router serves Azure's paths with flavor="azure".
+"""OpenAI Files + Batches routes; the same router serves Azure's paths with flavor="azure",
+and the OpenAI-style vendors' with flavor="groq" or "together".
 
 Azure differences: its 401 envelope, endpoints also accepted without the `/v1` prefix, jobs
 that never expire, and an error file on every finished job (empty when nothing failed).
+Groq: chat completions only, `completion_window` from 24h to 7d. Together: uploads at
+`/files/upload` (purpose `batch-api`, a `file_name` field), lines without `method`/`url`, no
+metadata, create answering 201 `{job, warning}`, upper-case statuses, a bare list.
 Batches are scoped to the flavor that created them; files are shared.
 """
 
@@ -17,7 +21,7 @@ from batchrelay.emulator.guards import api_guard
 from batchrelay.emulator.store import BatchRecord, FileRecord
 from batchrelay.emulator.uploads import UploadError, receive_upload
 from batchrelay.emulator.validation import normalize_endpoint
-from batchrelay.emulator.views import file_object, openai_batch
+from batchrelay.emulator.views import file_object, openai_batch, together_batch
 from batchrelay.emulator.wire import (
     int_query,
     json_response,
@@ -29,10 +33,17 @@ from fastapi import APIRouter, Depends, Request, Response
 
 MAX_FILE_BYTES = 512 * 1024 * 1024
 PURPOSES = {"assistants", "batch", "fine-tune", "vision", "user_data", "evals"}
+TOGETHER_PURPOSES = {"batch-api", "fine-tune", "eval"}
+BATCH_PURPOSES = {"batch", "batch-api"}
+CHAT_ONLY = ("/v1/chat/completions",)
+# Groq takes windows from 24 hours to 7 days; emulated time scales them from 24h.
+GROQ_WINDOWS_H = {"24h": 24, **{f"{d}d": 24 * d for d in range(1, 8)}}
 BATCH_FILE_LIFETIME_S = 30 * 86400
 EXPIRY_MIN_S, EXPIRY_MAX_S = 3600, 2592000
 UPLOAD_FIELDS = {
     "purpose",
+    "file_name",
+    "file_type",
     "expires_after[anchor]",
     "expires_after[seconds]",
     "expires_after.anchor",
@@ -44,9 +55,9 @@ def _engine(request: Request) -> Engine:
     return request.app.state.engine
 
 
-def _supported_endpoints() -> str:
-    names = [f"'{e}'" for e in OPENAI_ENDPOINTS]
-    return ", ".join(names[:-1]) + ", and " + names[-1]
+def _supported_endpoints(endpoints: tuple[str, ...]) -> str:
+    names = [f"'{e}'" for e in endpoints]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + ", and " + names[-1]
 
 
 def _visible_file(request: Request, file_id: str) -> FileRecord:
@@ -181,8 +192,17 @@ def _required(body: dict, name: str) -> object:
     return body[name]
 
 
+def _windows(flavor: str) -> dict[str, int]:
+    """The completion windows a flavor accepts, in hours."""
+    return GROQ_WINDOWS_H if flavor == "groq" else {"24h": 24}
+
+
 def openai_router(flavor: str) -> APIRouter:
     router = APIRouter(dependencies=[Depends(api_guard(flavor))])
+    together = flavor == "together"
+    purposes = TOGETHER_PURPOSES if together else PURPOSES
+    endpoints = CHAT_ONLY if flavor in ("groq", "together") else tuple(OPENAI_ENDPOINTS)
+    render = together_batch if together else openai_batch
 
     def get_batch(request: Request, batch_id: str) -> BatchRecord:
         batch = _engine(request).store.get_batch(batch_id)
@@ -190,7 +210,7 @@ def openai_router(flavor: str) -> APIRouter:
             raise not_found("openai", f"No such Batch object: {batch_id}", "id")
         return batch
 
-    @router.post("/files")
+    @router.post("/files/upload" if together else "/files")
     async def upload_file(request: Request) -> Response:
         engine = _engine(request)
         config = engine.config
@@ -211,11 +231,11 @@ def openai_router(flavor: str) -> APIRouter:
                     "purpose",
                     "missing_required_parameter",
                 )
-            if purpose not in PURPOSES:
+            if purpose not in purposes:
                 raise bad_request(
                     "openai",
                     f"Invalid value: '{purpose}'. Supported values are: "
-                    + ", ".join(f"'{p}'" for p in sorted(PURPOSES))
+                    + ", ".join(f"'{p}'" for p in sorted(purposes))
                     + ".",
                     "purpose",
                     "invalid_value",
@@ -227,6 +247,13 @@ def openai_router(flavor: str) -> APIRouter:
                     "file",
                     "missing_required_parameter",
                 )
+            if together and not fields.get("file_name"):
+                raise bad_request(
+                    "openai",
+                    "Missing required parameter: 'file_name'.",
+                    "file_name",
+                    "missing_required_parameter",
+                )
             for name in config.required_upload_fields:
                 if not fields.get(name):
                     raise bad_request(
@@ -236,10 +263,10 @@ def openai_router(flavor: str) -> APIRouter:
                         name,
                         "missing_required_parameter",
                     )
-            limit = config.max_batch_file_bytes if purpose == "batch" else MAX_FILE_BYTES
-            if upload.truncated or upload.size > limit:
+            limit = config.max_batch_file_bytes if purpose in BATCH_PURPOSES else MAX_FILE_BYTES
+            if upload.size > limit:
                 raise bad_request("openai", "File is too large.")
-            if purpose == "batch":
+            if purpose in BATCH_PURPOSES:
                 if not upload.filename.lower().endswith(".jsonl"):
                     raise bad_request("openai", "Invalid file format for Batch API. Must be .jsonl")
                 if not upload.utf8:
@@ -308,8 +335,11 @@ def openai_router(flavor: str) -> APIRouter:
         body = await read_json_object(request, "openai")
         input_file_id = _required(body, "input_file_id")
         endpoint = _required(body, "endpoint")
-        window = _required(body, "completion_window")
-        known = endpoint in OPENAI_ENDPOINTS or (
+        if together:  # optional there, and always 24h
+            window = body.get("completion_window") or "24h"
+        else:
+            window = _required(body, "completion_window")
+        known = endpoint in endpoints or (
             flavor == "azure"
             and isinstance(endpoint, str)
             and normalize_endpoint(endpoint) in OPENAI_ENDPOINTS
@@ -317,14 +347,17 @@ def openai_router(flavor: str) -> APIRouter:
         if not known:
             raise bad_request(
                 "openai",
-                f"Invalid value: '{endpoint}'. Supported values are: {_supported_endpoints()}.",
+                f"Invalid value: '{endpoint}'. Supported values are: "
+                f"{_supported_endpoints(endpoints)}.",
                 "endpoint",
                 "invalid_value",
             )
-        if window != "24h":
+        windows = _windows(flavor)
+        if not isinstance(window, str) or window not in windows:
+            supported = ", ".join(f"'{w}'" for w in windows)
             raise bad_request(
                 "openai",
-                f"Invalid value: '{window}'. Supported values are: '24h'.",
+                f"Invalid value: '{window}'. Supported values are: {supported}.",
                 "completion_window",
                 "invalid_value",
             )
@@ -341,22 +374,27 @@ def openai_router(flavor: str) -> APIRouter:
             input_file_id=input_file_id,
             endpoint=endpoint,
             completion_window=window,
-            metadata=_check_metadata(body.get("metadata")),
+            metadata=None if together else _check_metadata(body.get("metadata")),
             output_expires_after_s=_output_expiry(body.get("output_expires_after")),
+            window_factor=windows[window] / 24,
         )
+        if together:
+            return json_response({"job": together_batch(batch, time.time()), "warning": None}, 201)
         return json_response(openai_batch(batch, time.time()))
 
     @router.get("/batches")
     def list_batches(request: Request) -> Response:
         limit = int_query(request, "limit", 20, 1, 100, "openai")
         batches = [b for b in _engine(request).store.list_batches("openai") if b.flavor == flavor]
-        page, has_more = page_after(batches, request.query_params.get("after"), limit)
         now = time.time()
+        if together:  # every batch, as a bare array
+            return json_response([together_batch(b, now) for b in batches])
+        page, has_more = page_after(batches, request.query_params.get("after"), limit)
         return json_response(_list(page, has_more, lambda b: openai_batch(b, now)))
 
     @router.get("/batches/{batch_id}")
     def retrieve_batch(request: Request, batch_id: str) -> Response:
-        return json_response(openai_batch(get_batch(request, batch_id), time.time()))
+        return json_response(render(get_batch(request, batch_id), time.time()))
 
     @router.post("/batches/{batch_id}/cancel")
     def cancel_batch(request: Request, batch_id: str) -> Response:
@@ -370,7 +408,7 @@ def openai_router(flavor: str) -> APIRouter:
                 headers={"x-should-retry": "false"},
             ) from None
         assert batch is not None
-        return json_response(openai_batch(batch, time.time()))
+        return json_response(render(batch, time.time()))
 
     return router
 

@@ -72,7 +72,25 @@ class EmulatorHandle:
         return self.base_url + "/openai/v1"
 
     @property
+    def groq_base_url(self) -> str:
+        return self.base_url + "/groq/openai/v1"
+
+    @property
+    def together_base_url(self) -> str:
+        return self.base_url + "/together/v1"
+
+    @property
+    def mistral_base_url(self) -> str:
+        """The `server_url` of a Mistral client (its paths start with /v1)."""
+        return self.base_url + "/mistral"
+
+    @property
     def anthropic_base_url(self) -> str:
+        return self.base_url
+
+    @property
+    def gemini_base_url(self) -> str:
+        """The host a Gemini profile or `google.genai` client names (paths start /v1beta)."""
         return self.base_url
 
     @property

@@ -2,7 +2,9 @@
 
 Starlette's form parser would spool the upload and copy it again; this writes each chunk
 once, counting bytes and checking UTF-8 incrementally, so a 200 MB upload costs one pass
-and flat memory.
+and flat memory. Everything else is bounded too: the file, the number and total size of the
+other fields (they are kept with the file), and the body as a whole; a body that ends before
+its closing boundary is refused rather than stored cut short.
 """
 
 from __future__ import annotations
@@ -12,11 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from batchrelay.emulator.bodies import bounded_stream
+from batchrelay.emulator.errors import Shape
 from fastapi import Request
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-MAX_FIELD_BYTES = 64 * 1024
+MAX_FIELDS = 16
+MAX_FIELDS_BYTES = 64 * 1024
+# Part headers and boundaries: with the field bounds above, a form is never near this.
+FORM_OVERHEAD_BYTES = 1024 * 1024
 
 
 class UploadError(ValueError):
@@ -29,7 +36,7 @@ class Upload:
     filename: str | None = None
     size: int = 0
     utf8: bool = True
-    truncated: bool = False
+    complete: bool = False
 
 
 class _Receiver:
@@ -45,6 +52,7 @@ class _Receiver:
         self._name = ""
         self._is_file = False
         self._value = bytearray()
+        self._fields_bytes = 0
 
     def on_part_begin(self) -> None:
         self._disposition, self._name, self._is_file = b"", "", False
@@ -72,19 +80,23 @@ class _Receiver:
             self._is_file = True
             self.upload.filename = options[b"filename"].decode("utf-8", "replace")
             self._fh = open(self._target, "wb")  # noqa: SIM115 - closed in on_part_end/close
+        elif len(self.upload.fields) >= MAX_FIELDS:
+            raise UploadError(f"Too many form fields: at most {MAX_FIELDS} besides 'file'.")
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         chunk = data[start:end]
         if not self._is_file:
-            if len(self._value) + len(chunk) > MAX_FIELD_BYTES:
-                raise UploadError(f"Form field '{self._name}' is too large.")
+            self._fields_bytes += len(chunk)
+            if self._fields_bytes > MAX_FIELDS_BYTES:
+                raise UploadError(
+                    f"Form fields are too large: at most {MAX_FIELDS_BYTES} bytes in all."
+                )
             self._value.extend(chunk)
             return
         upload = self.upload
         upload.size += len(chunk)
         if upload.size > self._max_bytes:
-            upload.truncated = True
-            return
+            raise UploadError("File is too large.")
         if upload.utf8:
             try:
                 self._decoder.decode(chunk)
@@ -104,13 +116,19 @@ class _Receiver:
         else:
             self.upload.fields[self._name] = self._value.decode("utf-8", "replace")
 
+    def on_end(self) -> None:
+        self.upload.complete = True
+
     def close(self) -> None:
         if self._fh is not None and not self._fh.closed:
             self._fh.close()
 
 
-async def receive_upload(request: Request, target: Path, max_bytes: int) -> Upload:
-    """Parse a multipart/form-data body, writing the `file` part to `target`."""
+async def receive_upload(
+    request: Request, target: Path, max_bytes: int, shape: Shape = "openai"
+) -> Upload:
+    """Parse a multipart/form-data body, writing the `file` part (at most `max_bytes`) to
+    `target`; raises UploadError (a 400) or a 413 `ApiError` for a body past every bound."""
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or b"boundary" not in params:
         raise UploadError("Expected a multipart/form-data body with a boundary.")
@@ -125,15 +143,17 @@ async def receive_upload(request: Request, target: Path, max_bytes: int) -> Uplo
             "on_header_value",
             "on_header_end",
             "on_headers_finished",
+            "on_end",
         )
     }
     parser = MultipartParser(params[b"boundary"], callbacks)  # type: ignore[arg-type]
     try:
-        async for chunk in request.stream():
+        async for chunk in bounded_stream(request, max_bytes + FORM_OVERHEAD_BYTES, shape):
             parser.write(chunk)
-        parser.finalize()
     except FormParserError as exc:
         raise UploadError(f"Invalid multipart body: {exc}") from exc
     finally:
         receiver.close()
+    if not receiver.upload.complete:
+        raise UploadError("Invalid multipart body: it ends before its closing boundary.")
     return receiver.upload

@@ -26,6 +26,7 @@ ENDPOINT_NAMES = {
     "/v1/responses": "Responses",
     "/v1/completions": "Completions",
     "/v1/moderations": "Moderations",
+    "/v1/fim/completions": "FIM Completions",
 }
 
 
@@ -130,7 +131,10 @@ def validate_input(
     error_fraction: float,
     known_model: Callable[[str], bool],
     max_requests: int,
+    lines_name_method_url: bool = True,
 ) -> Validation:
+    """One pass over the input file; `lines_name_method_url=False` (Together) takes lines of
+    only `custom_id` and `body`, sent to the batch's endpoint."""
     endpoint = normalize_endpoint(endpoint)
     required = REQUIRED_PARAM[endpoint]
     result = Validation()
@@ -160,6 +164,9 @@ def validate_input(
                 if fail("invalid_json_line", message, None, lineno):
                     break
                 continue
+            if not lines_name_method_url:
+                obj.setdefault("method", "POST")
+                obj.setdefault("url", endpoint)
             missing = next(
                 (k for k in ("custom_id", "method", "url", "body") if k not in obj), None
             )

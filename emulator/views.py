@@ -34,7 +34,7 @@ def file_object(record: FileRecord) -> dict:
     }
 
 
-def _openai_counts(batch: BatchRecord, status: str, now: float) -> dict[str, int]:
+def openai_counts(batch: BatchRecord, status: str, now: float) -> dict[str, int]:
     if status in ("completed", "expired", "cancelled") and batch.counts:
         return {k: batch.counts[k] for k in ("total", "completed", "failed")}
     done = processed_by(batch, now)
@@ -82,9 +82,37 @@ def openai_batch(batch: BatchRecord, now: float) -> dict:
         "expired_at": done_at if status == "expired" else None,
         "cancelling_at": _int(batch.cancelling_at),
         "cancelled_at": done_at if status == "cancelled" else None,
-        "request_counts": _openai_counts(batch, status, now),
+        "request_counts": openai_counts(batch, status, now),
         "usage": _usage(batch, ended),
         "metadata": batch.metadata,
+    }
+
+
+TOGETHER_STATUS = {"finalizing": "IN_PROGRESS", "cancelling": "IN_PROGRESS"}
+
+
+def together_batch(batch: BatchRecord, now: float) -> dict:
+    """Together's batch job: upper-case status, ISO times, `progress` instead of counts."""
+    status = phase(batch, now)
+    ended = status in ("completed", "expired", "cancelled")
+    counts = openai_counts(batch, status, now)
+    done = counts["completed"] + counts["failed"]
+    errors = batch.errors or []
+    return {
+        "id": batch.id,
+        "user_id": "user-emulator",
+        "input_file_id": batch.input_file_id,
+        "file_size_bytes": None,
+        "status": TOGETHER_STATUS.get(status, status.upper()),
+        "job_deadline": rfc3339(batch.created_at + (batch.window_s or DEFAULT_WINDOW_S)),
+        "created_at": rfc3339(batch.created_at),
+        "endpoint": batch.endpoint,
+        "progress": 100.0 * done / batch.total if batch.total else 0.0,
+        "model_id": batch.model,
+        "output_file_id": batch.output_file_id if ended else None,
+        "error_file_id": batch.error_file_id if ended else None,
+        "error": errors[0]["message"] if errors else None,
+        "completed_at": rfc3339(terminal_time(batch)) if ended else None,
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import orjson
+from batchrelay.emulator.bodies import JSON_BODY_LIMIT, read_bounded
 from batchrelay.emulator.errors import Shape, bad_request
 from fastapi import Request, Response
 
@@ -25,8 +26,11 @@ def type_name(value: object) -> str:
     return JSON_TYPE_NAMES.get(type(value), "an unknown type")
 
 
-async def read_json_object(request: Request, shape: Shape) -> dict:
-    raw = await request.body()
+async def read_json_object(
+    request: Request, shape: Shape, max_bytes: int = JSON_BODY_LIMIT
+) -> dict:
+    """The body as a JSON object; over `max_bytes` it is refused unread (413)."""
+    raw = await read_bounded(request, max_bytes, shape)
     try:
         body = orjson.loads(raw) if raw.strip() else {}
     except orjson.JSONDecodeError:

@@ -31,7 +31,7 @@ from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from batchrelay import BatchRelay, BatchRelayError, Webhook
+from batchrelay import BatchRelay, BatchRelayError, RelayUnavailableError, Webhook
 
 WEBHOOK_PATH = "/webhooks/batchrelay"
 
@@ -86,6 +86,8 @@ def ask(request: HttpRequest) -> HttpResponse:
             },
             callback=Webhook(base + WEBHOOK_PATH),
         )
+    except RelayUnavailableError as exc:  # Redis down: the client may retry later
+        return JsonResponse({"error": str(exc)}, status=503)
     except BatchRelayError as exc:  # rejected at the door: say why
         return JsonResponse({"error": str(exc)}, status=422)
     return JsonResponse({"id": rid, "result_url": f"{base}/results/{rid}"}, status=202)

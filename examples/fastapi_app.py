@@ -25,7 +25,7 @@ from batchrelay.config import Settings, load_settings
 from fastapi import FastAPI, HTTPException, Request, Response
 from pydantic import BaseModel
 
-from batchrelay import AsyncBatchRelay, BatchRelayError, Webhook
+from batchrelay import AsyncBatchRelay, BatchRelayError, RelayUnavailableError, Webhook
 
 WEBHOOK_PATH = "/webhooks/batchrelay"
 
@@ -79,6 +79,8 @@ def create_app(settings: Settings | None = None, public_url: str | None = None) 
                 {"model": ask.model, "messages": [{"role": "user", "content": ask.prompt}]},
                 callback=Webhook(base + WEBHOOK_PATH),
             )
+        except RelayUnavailableError as exc:  # Redis down: the client may retry later
+            raise HTTPException(503, str(exc)) from None
         except BatchRelayError as exc:  # rejected at the door: say why
             raise HTTPException(422, str(exc)) from None
         return {"id": rid, "result_url": f"{base}/results/{rid}"}

@@ -22,7 +22,7 @@ import standardwebhooks
 from batchrelay.config import Settings, load_settings
 from flask import Flask, abort, jsonify, request
 
-from batchrelay import BatchRelay, BatchRelayError, Webhook
+from batchrelay import BatchRelay, BatchRelayError, RelayUnavailableError, Webhook
 
 WEBHOOK_PATH = "/webhooks/batchrelay"
 
@@ -72,6 +72,8 @@ def create_app(settings: Settings | None = None, public_url: str | None = None) 
                 },
                 callback=Webhook(base + WEBHOOK_PATH),
             )
+        except RelayUnavailableError as exc:  # Redis down: the client may retry later
+            abort(503, str(exc))
         except BatchRelayError as exc:  # rejected at the door: say why
             abort(422, str(exc))
         return jsonify(id=rid, result_url=f"{base}/results/{rid}"), 202

@@ -1,47 +1,4 @@
-"""The producer side: `BatchRelay`, `AsyncBatchRelay` and their types (re-exported by `batchrelay`).
+"""The producer side: what a web app imports, re-exported as the public API by `batchrelay`.
 
 Importing it pulls in redis-py and pydantic, never Celery.
 """
-
-from batchrelay.producer.callbacks import CeleryTask, Webhook
-from batchrelay.producer.client import AsyncBatchRelay, BatchRelay, SubmitItem
-from batchrelay.producer.errors import (
-    BatchRelayError,
-    CancelError,
-    ConfigurationError,
-    IdempotencyConflictError,
-    InvalidCallbackError,
-    InvalidMetadataError,
-    InvalidRequestError,
-    MissingModelError,
-    RequestNotFoundError,
-    RequestTooLargeError,
-    ResultTimeoutError,
-    StreamingNotSupportedError,
-    UnknownEndpointError,
-    UnknownModelError,
-)
-from batchrelay.producer.records import RequestStatus
-
-__all__ = [
-    "AsyncBatchRelay",
-    "BatchRelay",
-    "BatchRelayError",
-    "CancelError",
-    "CeleryTask",
-    "ConfigurationError",
-    "IdempotencyConflictError",
-    "InvalidCallbackError",
-    "InvalidMetadataError",
-    "InvalidRequestError",
-    "MissingModelError",
-    "RequestNotFoundError",
-    "RequestStatus",
-    "RequestTooLargeError",
-    "ResultTimeoutError",
-    "StreamingNotSupportedError",
-    "SubmitItem",
-    "UnknownEndpointError",
-    "UnknownModelError",
-    "Webhook",
-]

@@ -40,7 +40,12 @@ class InvalidCallbackError(InvalidRequestError):
 
 
 class IdempotencyConflictError(BatchRelayError):
-    """An idempotency key was reused with a different request body."""
+    """An idempotency key was reused with another endpoint, body, callback or metadata."""
+
+
+class RelayUnavailableError(BatchRelayError, ConnectionError):
+    """Redis cannot be reached (down, loading, or refusing the password); nothing was done
+    that a retry could not repeat. The message names the Redis URL, password masked."""
 
 
 class RequestNotFoundError(BatchRelayError, KeyError):

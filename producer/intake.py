@@ -17,13 +17,12 @@ from batchrelay.config import ProviderProfile, Settings
 from batchrelay.config.kinds import GEMINI_ENDPOINTS, MESSAGES_ENDPOINT
 from batchrelay.producer import errors
 from batchrelay.producer.callbacks import (
-    CeleryTask,
-    Webhook,
+    Callback,
     WebhookPolicy,
     callback_json,
     validate_callback,
 )
-from batchrelay.producer.keys import body_hash, group_tag
+from batchrelay.producer.keys import fingerprint, group_tag
 
 MAX_METADATA_BYTES = 16 * 1024
 MAX_IDEMPOTENCY_KEY = 255
@@ -51,10 +50,13 @@ class Prepared:
     idempotency_key: str
 
     @property
-    def body_hash(self) -> str:
-        # A Gemini body does not name its model (the path does), so the hash must.
-        model = self.model.encode() + b"\x00" if self.endpoint in GEMINI_ENDPOINTS else b""
-        return body_hash(self.endpoint.encode() + b"\x00" + model + self.body_json)
+    def fingerprint(self) -> str:
+        """What an idempotency key is bound to: every field that makes the request. A Gemini
+        body does not name its model (the path does), so the fingerprint must."""
+        body = self.body_json
+        if self.endpoint in GEMINI_ENDPOINTS:
+            body = self.model.encode() + b"\x00" + body
+        return fingerprint(self.endpoint, body, self.callback_json, self.metadata_json)
 
 
 class Router:
@@ -124,12 +126,13 @@ class Intake:
         endpoint: str,
         body: Mapping[str, Any],
         *,
-        callback: Webhook | CeleryTask | None = None,
+        callback: Callback | None = None,
         idempotency_key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> Prepared:
         if not isinstance(endpoint, str):
             raise errors.UnknownEndpointError(f"endpoint must be a string, got {type(endpoint)}")
+        _require_text("endpoint", endpoint)
         if not isinstance(body, Mapping):
             raise errors.InvalidRequestError(
                 f"body must be a JSON object (a dict), got {type(body).__name__}"
@@ -144,6 +147,7 @@ class Intake:
             )
         if not isinstance(model, str):
             raise errors.MissingModelError(f"body 'model' must be a string, got {model!r}")
+        _require_text("body 'model'", model)
         route = self._routes.get((endpoint, model))
         if route is None:
             profile = self.router.route(endpoint, model)
@@ -163,6 +167,7 @@ class Intake:
             body_json = orjson.dumps(body)
         except TypeError as exc:
             raise errors.InvalidRequestError(f"body is not JSON-serialisable: {exc}") from None
+        _refuse_non_finite("body", body, body_json, errors.InvalidRequestError)
         line_bytes = len(body_json) + len(endpoint) + LINE_OVERHEAD
         if line_bytes > profile.max_line_bytes:
             raise errors.RequestTooLargeError(
@@ -238,6 +243,7 @@ def _metadata_json(metadata: Mapping[str, Any] | None) -> bytes:
         encoded = orjson.dumps(metadata)
     except TypeError as exc:
         raise errors.InvalidMetadataError(f"metadata is not JSON-serialisable: {exc}") from None
+    _refuse_non_finite("metadata", metadata, encoded, errors.InvalidMetadataError)
     if len(encoded) > MAX_METADATA_BYTES:
         raise errors.InvalidMetadataError(
             f"metadata is {len(encoded)} bytes as JSON; the limit is {MAX_METADATA_BYTES}"
@@ -253,4 +259,34 @@ def _idempotency_key(key: str | None) -> str:
             f"idempotency_key must be a non-empty string of at most {MAX_IDEMPOTENCY_KEY} "
             "characters"
         )
+    _require_text("idempotency_key", key)
     return key
+
+
+def _require_text(field: str, value: str) -> None:
+    """Refuse a string Redis cannot store as UTF-8 (a lone surrogate such as "\\ud800"),
+    before anything is stored rather than half-way through a submit."""
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise errors.InvalidRequestError(
+            f"{field} is not valid Unicode text ({exc.reason} at position {exc.start})"
+        ) from None
+
+
+def _refuse_non_finite(
+    field: str, value: Any, encoded: bytes, error: type[errors.InvalidRequestError]
+) -> None:
+    """Refuse NaN and Infinity, which orjson writes as null and providers' JSON parsers refuse.
+    Only JSON holding a null can hide one, so most requests skip the walk."""
+    if b"null" not in encoded:
+        return
+    stack: list[tuple[Any, str]] = [(value, field)]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise error(f"{path} is {item}; JSON has no NaN or Infinity, providers refuse them")
+        if isinstance(item, Mapping):
+            stack.extend((v, f"{path}.{k}") for k, v in item.items())
+        elif isinstance(item, list | tuple):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(item))

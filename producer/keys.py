@@ -21,7 +21,7 @@ Request and batch ids embed the tag, so a key can be found from an id alone.
     {p}:{tag}:alive             string refreshed when a request becomes final; expires with
                                        the request records, so while it exists one may be left
     {p}:{tag}:lock:{bid}        string a worker's lease on one batch
-    {p}:idem:{sha256(key)}      string "rid body-hash" of an idempotency key
+    {p}:idem:{sha256(key)}      string "rid fingerprint" of an idempotency key (see `idem`)
     {p}:done:{tag}              pubsub channel: space-separated ids of requests just made final
 
 A provider profile's keys are shared by every group and worker that sends batches to it. They
@@ -82,8 +82,12 @@ def tag_of(any_id: str) -> str:
     return parts[1]
 
 
-def body_hash(body_json: bytes) -> str:
-    return hashlib.sha256(body_json).hexdigest()[:32]
+def fingerprint(endpoint: str, body: bytes, callback: bytes, metadata: bytes) -> str:
+    """An idempotency key's binding (see `idem` in relay.lua): a hash of every field."""
+    digest = hashlib.sha256(endpoint.encode())
+    for part in (body, callback, metadata):
+        digest.update(b"\x00" + part)
+    return digest.hexdigest()[:32]
 
 
 @dataclass(frozen=True)

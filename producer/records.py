@@ -92,6 +92,23 @@ class RequestStatus:
         return self.state in FINAL_STATES
 
 
+@dataclass(frozen=True)
+class StateCounts:
+    """How many of the requests a `wait` follows are in each state; `missing` ones have no
+    record (never stored, or expired after retention)."""
+
+    pending: int = 0
+    in_batch: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    missing: int = 0
+
+    @property
+    def open(self) -> int:
+        return self.pending + self.in_batch
+
+
 def status_from_fields(
     rid: str, group: dict[str, str], values: list[bytes | None]
 ) -> RequestStatus:

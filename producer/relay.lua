@@ -1,7 +1,10 @@
 -- batchrelay's atomic steps, one script (as dramatiq's dispatch.lua): ARGV[1] names the command.
+-- Every call goes through producer/commands.py: one typed Python function per command builds
+-- its KEYS (from producer/keys.py) and ARGV, so this file and that one change together.
 --
--- Every key a command touches belongs to one group and carries the group's {hash tag}, so the
--- script is valid on a Redis Cluster. Request records are addressed as req_prefix .. id, the
+-- Every key a command touches belongs to one group and carries the group's {hash tag} (or is
+-- one provider profile's keys, for reserve and release, or one idempotency key, for idem and
+-- unclaim), so the script is valid on a Redis Cluster. Request records are addressed as req_prefix .. id, the
 -- prefix being a key of the same group. Redis runs a script alone, so each command is atomic
 -- with respect to submit(), cancel() and the other commands; a crash never leaves half of one.
 --
@@ -143,6 +146,18 @@ if cmd == 'settle' then
   return {counts.ok, counts.fail, counts.retry, counts.requeue, counts.stale}
 end
 
+-- Give back what `bid` holds in a profile's tokens hash; the hash goes once nothing is held,
+-- so a model used once does not leave a `total` of 0 behind forever.
+local function give_back_tokens(key, bid)
+  local held = redis.call('HGET', key, bid)
+  if not held then return false end
+  redis.call('HDEL', key, bid)
+  if redis.call('HINCRBY', key, 'total', -tonumber(held)) == 0 and redis.call('HLEN', key) == 1 then
+    redis.call('DEL', key)
+  end
+  return true
+end
+
 -- reserve: hold a batch-in-flight slot and enqueued tokens at one provider profile for one
 -- batch, or hold nothing there. Repeating it for the same batch updates its tokens (a new
 -- estimate); a refusal drops what the batch held, so a refused batch never keeps a share.
@@ -162,9 +177,7 @@ if cmd == 'reserve' then
   local tokens_ok = budget == 0 or others + tokens <= budget or others == 0
   if not (force or (slot_ok and tokens_ok)) then
     redis.call('HDEL', KEYS[1], bid)
-    if redis.call('HDEL', KEYS[2], bid) == 1 then
-      redis.call('HINCRBY', KEYS[2], 'total', -held)
-    end
+    give_back_tokens(KEYS[2], bid)
     return 0
   end
   redis.call('HSET', KEYS[1], bid, model)
@@ -177,14 +190,8 @@ end
 -- KEYS: live, tokens (as for reserve)
 -- ARGV: 'release', -, bid
 if cmd == 'release' then
-  local held = redis.call('HGET', KEYS[2], ARGV[3])
   redis.call('HDEL', KEYS[1], ARGV[3])
-  if held then
-    redis.call('HDEL', KEYS[2], ARGV[3])
-    redis.call('HINCRBY', KEYS[2], 'total', -tonumber(held))
-    return 1
-  end
-  return 0
+  return give_back_tokens(KEYS[2], ARGV[3]) and 1 or 0
 end
 
 -- intake: store requests of one group, each (record, pending entry, byte count) unless its
@@ -219,6 +226,26 @@ if cmd == 'intake' then
   if total > 0 then redis.call('INCRBY', KEYS[2], total) end
   local fresh = redis.call('SET', KEYS[3], '1', 'NX') and 1 or 0
   return {stored, fresh}
+end
+
+-- idem: take an idempotency key for a new request, or say who holds it. The key's value is
+-- "rid fingerprint", the fingerprint covering endpoint, body, callback and metadata, so the
+-- same key with any other field is a conflict, decided in one atomic step (the key is in no
+-- group's hash slot, so it cannot share a call with `intake`). A repeat by the holder (a
+-- pipeline sent again after NOSCRIPT) counts as taken.
+-- KEYS: idempotency key
+-- ARGV: 'idem', -, rid, fingerprint, ttl_s
+-- Returns {holder rid, 1 if this rid holds it, 1 if the holder's fingerprint differs}.
+if cmd == 'idem' then
+  local cur = redis.call('GET', KEYS[1])
+  if not cur then
+    redis.call('SET', KEYS[1], ARGV[3] .. ' ' .. ARGV[4], 'EX', ARGV[5])
+    return {ARGV[3], 1, 0}
+  end
+  local sep = string.find(cur, ' ', 1, true)
+  local owner, fingerprint = string.sub(cur, 1, sep - 1), string.sub(cur, sep + 1)
+  if owner == ARGV[3] then return {owner, 1, 0} end
+  return {owner, 0, fingerprint ~= ARGV[4] and 1 or 0}
 end
 
 -- unclaim: give back an idempotency key a failed submit took, if it still holds that value.

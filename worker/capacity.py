@@ -25,6 +25,7 @@ from collections.abc import Iterable
 
 from batchrelay.config import ProviderProfile, Settings
 from batchrelay.config.tokens import tokenizer
+from batchrelay.producer import commands
 from batchrelay.worker.context import Relay
 
 log = logging.getLogger(__name__)
@@ -97,28 +98,22 @@ def reserve(
             model,
             budget,
         )
-    k = relay.keys
-    held = relay.script(
-        keys=[k.live(profile.name), k.tokens(profile.name, model)],
-        args=[
-            "reserve",
-            "-",
-            bid,
-            model,
-            tokens,
-            profile.max_batches_in_flight or 0,
-            budget,
-            1 if force else 0,
-        ],
+    call = commands.reserve(
+        relay.keys,
+        profile.name,
+        model,
+        bid,
+        tokens=tokens,
+        max_live=profile.max_batches_in_flight or 0,
+        budget=budget,
+        force=force,
     )
-    return bool(held)
+    return commands.run(relay.redis, call)
 
 
 def release(relay: Relay, profile_name: str, model: str, bid: str) -> bool:
     """Give back what `bid` holds at a profile; True if it held anything."""
-    k = relay.keys
-    keys = [k.live(profile_name), k.tokens(profile_name, model)]
-    return bool(relay.script(keys=keys, args=["release", "-", bid]))
+    return commands.run(relay.redis, commands.release(relay.keys, profile_name, model, bid))
 
 
 def reserved(relay: Relay, profile_name: str) -> dict[str, str]:

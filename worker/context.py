@@ -1,4 +1,4 @@
-"""Per-process state of a worker: settings, one Redis client, the Lua script, adapters, leases.
+"""Per-process state of a worker: settings, one Redis client, adapters, leases.
 
 The pipeline functions take a `Relay` so tests can call them directly against real Redis and
 the emulator, with no Celery in between.
@@ -17,7 +17,6 @@ import httpx
 import orjson
 import redis
 from batchrelay.config import Settings
-from batchrelay.producer.client import RELAY_LUA
 from batchrelay.producer.keys import Keys, tag_of
 from batchrelay.producer.records import now_ms
 from batchrelay.worker.providers import BatchAdapter, make_adapter
@@ -50,7 +49,6 @@ class Relay:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self.redis = client or redis.Redis.from_url(settings.redis_url.get_secret_value())
-        self.script = self.redis.register_script(RELAY_LUA)
         self._adapters: dict[str, BatchAdapter] = {}
         self._webhooks: httpx.Client | None = None
         self._group_meta: dict[str, dict[str, str]] = {}

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from batchrelay.producer import commands
 from batchrelay.producer.callbacks import callback_from_record
 from batchrelay.producer.keys import tag_of
 from batchrelay.producer.records import RESULT_FIELDS, result_payload
@@ -45,13 +46,11 @@ def lease_due(relay: Relay, now: int | None = None) -> list[LeasedChunk]:
     out = []
     for group in relay.groups():
         while True:
-            ids = relay.script(
-                keys=[relay.keys.deliver(group.tag)],
-                args=["lease", "-", now, relay.lease_ms(), chunk],
-            )
+            call = commands.lease(relay.keys.deliver(group.tag), now, relay.lease_ms(), chunk)
+            ids = commands.run(relay.redis, call)
             if not ids:
                 break
-            out.append(LeasedChunk(group.tag, [i.decode() for i in ids], until))
+            out.append(LeasedChunk(group.tag, ids, until))
             if len(ids) < chunk:
                 break
     return out
@@ -96,11 +95,8 @@ def _take(relay: Relay, tag: str, rid: str, leased_until_ms: int) -> bool:
     webhook timeout plus a margin, so a slow receiver is not raced by a second sender."""
     s = relay.settings
     hold_ms = max(relay.lease_ms(), int((s.webhook_timeout_s + 5) * 1000))
-    taken = relay.script(
-        keys=[relay.keys.deliver(tag)],
-        args=["take", "-", rid, leased_until_ms, relay.now() + hold_ms],
-    )
-    return bool(taken)
+    call = commands.take(relay.keys.deliver(tag), rid, leased_until_ms, relay.now() + hold_ms)
+    return commands.run(relay.redis, call)
 
 
 def _record(relay: Relay, rid: str, attempts: int, attempt: DeliveryAttempt) -> str:

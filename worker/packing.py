@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import IO
 
 from batchrelay.config import ProviderProfile
+from batchrelay.producer import commands
 from batchrelay.producer.keys import new_batch_id
 from batchrelay.worker import capacity
 from batchrelay.worker.context import CLAIMED, Group, Relay
@@ -61,30 +62,21 @@ def claim(
     """
     bid = new_batch_id(group.tag)
     k = relay.keys
-    n, size, tokens = relay.script(
-        keys=[
-            k.pending(group.tag),
-            k.pbytes(group.tag),
-            k.batch(bid),
-            k.items(bid),
-            k.inflight(group.tag),
-        ],
-        args=[
-            "claim",
-            "-",
-            k.req_prefix(group.tag),
-            profile.max_requests_per_batch,
-            profile.max_bytes_per_batch,
-            bid,
-            now,
-            now if due_now else now + relay.lease_ms(),
-            profile.bytes_per_token(group.model),
-            max_tokens,
-            *("id", bid, "tag", group.tag, "profile", profile.name),
-            *("endpoint", group.endpoint, "model", group.model, "state", CLAIMED),
-            *("estimate", f"ratio:{profile.bytes_per_token(group.model)}"),
-        ],
-    )
+    call = commands.claim(
+        k,
+        group.tag,
+        bid,
+        max_requests=profile.max_requests_per_batch,
+        max_bytes=profile.max_bytes_per_batch,
+        now_ms=now,
+        due_ms=now if due_now else now + relay.lease_ms(),
+        bytes_per_token=profile.bytes_per_token(group.model),
+        max_tokens=max_tokens,
+        fields={"id": bid, "tag": group.tag, "profile": profile.name, "endpoint": group.endpoint,
+                "model": group.model, "state": CLAIMED,
+                "estimate": f"ratio:{profile.bytes_per_token(group.model)}"},
+    )  # fmt: skip
+    n, size, tokens = commands.run(relay.redis, call)
     if not n:
         return None
     capacity.reserve(relay, profile, bid, group.model, tokens)

@@ -11,7 +11,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from batchrelay.producer.keys import tag_of
+from batchrelay.producer import commands
 from batchrelay.worker.context import Relay
 
 SETTLE_CHUNK = 500
@@ -23,22 +23,18 @@ def settle(relay: Relay, bid: str, pbatch: str, rows: Sequence[Row]) -> Counter[
     """Settle up to a chunk of rows in one script call; returns counts by outcome."""
     if not rows:
         return Counter()
-    tag, k, s = tag_of(bid), relay.keys, relay.settings
-    args: list[object] = [
-        "settle",
-        k.done(tag),
-        k.req_prefix(tag),
+    s = relay.settings
+    call = commands.settle(
+        relay.keys,
         bid,
-        relay.now(),
-        s.result_retention_s * 1000,
-        s.max_attempts,
-        pbatch,
-        relay.redis.hget(k.batch(bid), "profile") or b"",
-    ]
-    for rid, outcome, status, payload in rows:
-        args += (rid, outcome, status, payload)
-    keys = [k.pending(tag), k.pbytes(tag), k.deliver(tag), k.alive(tag)]
-    counts = relay.script(keys=keys, args=args)
+        now_ms=relay.now(),
+        retention_ms=s.result_retention_s * 1000,
+        max_attempts=s.max_attempts,
+        pbatch=pbatch,
+        served_by=relay.redis.hget(relay.keys.batch(bid), "profile") or b"",
+        rows=rows,
+    )
+    counts = commands.run(relay.redis, call)
     return Counter(dict(zip(COUNT_NAMES, counts, strict=True)))
 
 

@@ -20,7 +20,7 @@ import orjson
 from batchrelay.config import ProviderProfile
 from batchrelay.producer.keys import tag_of
 from batchrelay.worker import capacity
-from batchrelay.worker.context import CLAIMED, DONE, SUBMITTED, UPLOADED, Relay
+from batchrelay.worker.context import CLAIMED, SUBMITTED, UPLOADED, Relay
 from batchrelay.worker.packing import iter_item_ids, iter_items, write_input
 from batchrelay.worker.providers import (
     BatchAdapter,
@@ -167,7 +167,14 @@ def claim_of(relay: Relay, rec: dict[str, str]) -> Claim:
         return owner.decode() if owner else None
 
     n = int(rec.get("lines") or rec["n"])
-    return Claim(bid=bid, since=since_ms / 1000, n=n, owns=owns, recorded=recorded)
+    return Claim(
+        bid=bid,
+        since=since_ms / 1000,
+        n=n,
+        owns=owns,
+        recorded=recorded,
+        input_ref=rec.get("file_id") or None,
+    )
 
 
 def create(relay: Relay, adapter: BatchAdapter, rec: dict[str, str]) -> ProviderBatch:
@@ -175,7 +182,7 @@ def create(relay: Relay, adapter: BatchAdapter, rec: dict[str, str]) -> Provider
     with tempfile.TemporaryDirectory(prefix="batchrelay-", dir=relay.settings.spool_dir) as tmp:
         path: Path | None = None
         input_ref = rec.get("file_id") or None
-        if not (adapter.uploads_files and input_ref):
+        if not input_ref:
             path = Path(tmp) / f"{bid}.jsonl"
             with path.open("wb") as out:
                 lines = write_input(relay, adapter, bid, rec["endpoint"], out)
@@ -183,10 +190,12 @@ def create(relay: Relay, adapter: BatchAdapter, rec: dict[str, str]) -> Provider
             rec["lines"] = str(lines)
             if lines == 0 and not rec.get("create_started"):
                 raise EmptyBatch(bid)
-        if adapter.uploads_files and not input_ref:
+        if not input_ref:
             assert path is not None
-            input_ref = adapter.upload(path, model=rec["model"])
-            relay.set_batch(bid, file_id=input_ref, state=UPLOADED)
+            if adapter.uploads(path.stat().st_size):
+                input_ref = adapter.upload(path, model=rec["model"])
+                relay.set_batch(bid, file_id=input_ref, state=UPLOADED)
+                rec["file_id"] = input_ref  # reconciling below may match on it
         if not rec.get("create_started"):
             # From here the batch may exist at this profile: it stays pinned to it.
             rec["create_started"] = str(relay.now())
@@ -246,8 +255,7 @@ def refuse(relay: Relay, bid: str, rec: dict[str, str], exc: ProviderError) -> N
     )
     for ids in iter_item_ids(relay, bid):
         settle(relay, bid, "", [(rid, "retry", 0, error) for rid in ids])
-    relay.set_batch(bid, state=DONE, error=str(exc), collected=relay.now())
-    relay.redis.zrem(relay.keys.inflight(tag_of(bid)), bid)
+    relay.finish_batch(bid, error=str(exc))
     capacity.release(relay, rec["profile"], rec["model"], bid)
     relay.redis.set(
         relay.keys.backoff(tag_of(bid)), 1, px=int(relay.settings.poll_interval_s * 1000)

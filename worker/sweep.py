@@ -13,6 +13,7 @@ import logging
 from collections.abc import Iterable
 
 import orjson
+from batchrelay.producer import commands
 from batchrelay.worker import capacity
 from batchrelay.worker.context import CLAIMED, COLLECTING, DONE, RETIRED, SUBMITTED, UPLOADED, Relay
 
@@ -28,9 +29,8 @@ def lease_due_batches(relay: Relay, now: int | None = None) -> list[tuple[str, s
     out = []
     for group in relay.groups():
         key = relay.keys.inflight(group.tag)
-        due = relay.script(keys=[key], args=["lease", "-", now, relay.lease_ms(), LEASE_LIMIT])
-        for raw in due:
-            bid = raw.decode()
+        due = commands.run(relay.redis, commands.lease(key, now, relay.lease_ms(), LEASE_LIMIT))
+        for bid in due:
             state = relay.redis.hget(relay.keys.batch(bid), "state")
             action = ACTIONS.get(state.decode()) if state else None
             if action is None:
@@ -125,9 +125,7 @@ def retire_idle_groups(relay: Relay) -> list[str]:
         pipe.hset(k.groups, RETIRED + tag, tombstone)
         pipe.hdel(k.groups, tag)
         pipe.execute()
-        keys = [k.pending(tag), k.inflight(tag), k.deliver(tag), k.dead(tag)]
-        keys += [k.alive(tag), k.registered(tag), k.pbytes(tag)]
-        if relay.script(keys=keys, args=["retire"]):
+        if commands.run(relay.redis, commands.retire(k, tag)):
             retired.append(tag)
         else:
             _relist(relay, tag, entry)

@@ -36,7 +36,8 @@ class CallbackKind(Protocol):
 
 
 CALLBACK_KINDS: dict[str, type[CallbackKind]] = {k.kind: k for k in (Webhook, CeleryTask)}
-Callback = Webhook | CeleryTask
+# The type of every `callback=` parameter: any registered kind.
+Callback = CallbackKind
 
 
 def validate_callback(

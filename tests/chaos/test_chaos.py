@@ -21,10 +21,9 @@ from collections import Counter
 import openai
 import orjson
 import pytest
-import redis
 from batchrelay.emulator import start_emulator
-from batchrelay.producer import BatchRelay, Webhook
 
+from batchrelay import BatchRelay, RelayUnavailableError, Webhook
 from tests._receiver import WebhookReceiver
 from tests._redis import RedisServer
 from tests._stack import Stack
@@ -186,7 +185,7 @@ def submit_retrying(producer: BatchRelay, items: list[dict]) -> list[str]:
     while True:
         try:
             return producer.submit_many(items)
-        except redis.ConnectionError:
+        except RelayUnavailableError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)

@@ -9,17 +9,12 @@ from pathlib import Path
 import orjson
 import pytest
 from batchrelay.config import load_settings
+from batchrelay.config.prices import load_prices
 from batchrelay.producer.intake import Intake
+from rich.console import Console
 
-from batchrelay.run import (
-    ANTHROPIC_ENDPOINT,
-    InputFileError,
-    count,
-    idempotency_key,
-    scan,
-    tokens,
-    usd,
-)
+from batchrelay.batchfile import ANTHROPIC_ENDPOINT, InputFileError, idempotency_key, scan
+from batchrelay.run import ModelUsage, Summary, cost_table, count, tokens, usd
 from tests.cli.conftest import chat_line, write_jsonl
 
 
@@ -152,3 +147,34 @@ def test_number_formats() -> None:
         "$0.000058",
         "$0.0000",
     )
+
+
+def test_cost_table_fits_80_columns_without_cutting_names_or_figures() -> None:
+    """What `make demo` prints when piped: every model name and figure whole, on one line."""
+    usage = {
+        "claude-3-5-haiku-20241022": ModelUsage(300, 297, 45_678, 23_456),
+        "gpt-4o-mini-2024-07-18": ModelUsage(12_000, 11_990, 3_456_789, 1_234_567),
+        "text-embedding-3-small": ModelUsage(50_000, 50_000, 12_345_678, 0),
+    }
+    table, unpriced = cost_table(Summary(by_model=usage), load_prices())
+    console = Console(width=80, record=True, force_terminal=False)
+    console.print(table)
+    lines = console.export_text().splitlines()
+    assert unpriced == [] and max(len(line.rstrip()) for line in lines) <= 80
+    prices = load_prices()
+    for model, u in usage.items():
+        price = prices.lookup(model)
+        assert price is not None
+        batch = price.batch_cost(u.input_tokens, u.output_tokens)
+        saving = price.sync_cost(u.input_tokens, u.output_tokens) - batch
+        row = next(line for line in lines if line.strip().startswith(model))
+        assert row.split() == [
+            model,
+            f"{u.requests:,}",
+            f"{u.requests - u.succeeded:,}",
+            count(u.input_tokens),
+            count(u.output_tokens),
+            usd(batch),
+            usd(saving),
+        ]
+    assert any(line.startswith("in/out: tokens. Synchronous price $") for line in lines)

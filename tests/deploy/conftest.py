@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 from batchrelay.config import Settings, load_settings
-from batchrelay.producer import BatchRelay
 
+from batchrelay import BatchRelay
 from tests.deploy._compose import ComposeRun
 
 # Only for speed: a request is flushed, submitted, polled and collected within seconds

@@ -12,9 +12,9 @@ import pytest
 from batchrelay.config import Settings
 from batchrelay.config.settings import _check_webhook_secret
 from batchrelay.emulator import EmulatorConfig
-from batchrelay.producer import BatchRelay
 from pydantic import SecretStr
 
+from batchrelay import BatchRelay
 from tests.deploy._compose import (
     ENV_EXAMPLE,
     ROOT,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from batchrelay.producer import BatchRelay
 
+from batchrelay import BatchRelay
 from tests.deploy._compose import ComposeRun
 
 CHROMIUM_FLAGS = [

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -14,7 +9,8 @@ import httpx
 import orjson
 import psutil
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.emulator.process import PeakRss, cli_emulator
+
 LINES = 50_000
 PAD = "lorem ipsum dolor sit amet " * 70  # ~1.9 KB per line, ~100 MB in all
 
@@ -36,51 +32,18 @@ def _write_input(path: Path) -> int:
     return path.stat().st_size
 
 
-class PeakRss(threading.Thread):
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.process = psutil.Process(pid)
-        self.peak = 0
-        self.running = True
-
-    def run(self) -> None:
-        while self.running:
-            try:
-                self.peak = max(self.peak, self.process.memory_info().rss)
-            except psutil.NoSuchProcess:
-                return
-            time.sleep(0.02)
-
-
 def test_fifty_thousand_requests_stream_through(tmp_path):
     source = tmp_path / "big.jsonl"
     size = _write_input(source)
     assert size > 95_000_000
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "BATCHRELAY_EMULATOR_PORT": str(port),
         "BATCHRELAY_EMULATOR_VALIDATING_DELAY_S": "0",
         "BATCHRELAY_EMULATOR_FINALIZING_DELAY_S": "0",
         "BATCHRELAY_EMULATOR_PROCESSING_RATE_RPS": "1000000",
     }
-    code = "from emulator import EmulatorConfig, serve; serve(EmulatorConfig())"
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT)
-    base = f"http://127.0.0.1:{port}"
     headers = {"Authorization": "Bearer sk-emulator"}
-    try:
+    with cli_emulator(env) as (proc, base):
         with httpx.Client(base_url=base, headers=headers, timeout=120) as http:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    http.get("/_emulator/health")
-                    break
-                except httpx.ConnectError:
-                    assert time.monotonic() < deadline
-                    time.sleep(0.05)
             idle_rss = psutil.Process(proc.pid).memory_info().rss
             watcher = PeakRss(proc.pid)
             watcher.start()
@@ -115,14 +78,10 @@ def test_fifty_thousand_requests_stream_through(tmp_path):
                     assert reply.startswith(f"echo: id-{int(line['custom_id'][1:]):05d} ")
                     seen += 1
             elapsed = time.monotonic() - start
-            watcher.running = False
-            watcher.join()
+            peak = watcher.stop()
         assert seen == LINES
-        growth_mb = (watcher.peak - idle_rss) / 2**20
+        growth_mb = (peak - idle_rss) / 2**20
         print(
             f"\n50k lines / {size / 1e6:.0f} MB: {elapsed:.1f}s end to end, RSS +{growth_mb:.0f} MB"
         )
         assert growth_mb < 100, f"emulator memory grew by {growth_mb:.0f} MB"
-    finally:
-        proc.terminate()
-        proc.wait(15)

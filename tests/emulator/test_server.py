@@ -103,8 +103,16 @@ def test_stats_count_batches_per_shape(emulator, emulator_openai, emulator_anthr
     emulator_anthropic.messages.batches.create(requests=[message_request(0)])
     emulator_anthropic.messages.batches.create(requests=[message_request(0)])
     stats = emulator.stats()
-    created = {"openai": 1, "azure": 0, "anthropic": 2, "gemini": 0, "total": 3}
-    assert stats["batches_created"] == created
+    assert stats["batches_created"] == {
+        "openai": 1,
+        "azure": 0,
+        "anthropic": 2,
+        "mistral": 0,
+        "groq": 0,
+        "together": 0,
+        "gemini": 0,
+        "total": 3,
+    }
     assert stats["files_uploaded"] == 1
     emulator.reset(data=False)
     stats = emulator.stats()

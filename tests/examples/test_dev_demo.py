@@ -13,12 +13,14 @@ import sys
 import time
 from pathlib import Path
 
+import orjson
 import psutil
 import pytest
 from batchrelay.config import load_settings
-from batchrelay.producer import BatchRelay, Webhook
+from batchrelay.emulator import start_emulator
 
-from batchrelay.stack import EmbeddedStack, StackError
+from batchrelay import BatchRelay, UnknownModelError, Webhook
+from batchrelay.stack import EmbeddedStack, StackError, emulator_profiles
 from tests._receiver import WebhookReceiver
 from tests._stack import ROOT
 
@@ -64,6 +66,13 @@ def exported(env_file: Path) -> dict[str, str]:
     return values
 
 
+def docs_example_lines() -> list[str]:
+    """The input lines of docs/cli.md's **Input.** example (an OpenAI, an Anthropic and a
+    Mistral request), as the docs show them."""
+    text = (ROOT / "docs" / "cli.md").read_text()
+    return [line for line in text.splitlines() if line.startswith('{"custom_id": "q')]
+
+
 def logdir_of(out: Path) -> Path:
     line = next(x for x in out.read_text().splitlines() if x.strip().startswith("logs"))
     return Path(line.split()[1])
@@ -92,6 +101,29 @@ def test_dev_serves_a_web_app_and_stops_everything_on_sigterm(tmp_path, monkeypa
             assert rx.wait_for(1, timeout=30)
             secret = load_settings().webhook_secrets[0].get_secret_value()
             assert rx.verify_all(secret) >= 1 and rx.by_id()[rid]
+            with pytest.raises(UnknownModelError, match="'llama-3' matches no provider"):
+                relay.submit("/v1/chat/completions", {"model": "llama-3", "messages": []})
+
+        # The example lines of docs/cli.md (OpenAI, Anthropic, Mistral) through `batchrelay run`.
+        lines = docs_example_lines()
+        assert len(lines) == 3
+        source = tmp_path / "docs-example.jsonl"
+        source.write_text("\n".join(lines) + "\n")
+        run = subprocess.run(
+            [sys.executable, "-m", "batchrelay", "run", str(source)],
+            cwd=tmp_path,
+            env={**cli_env(), **values},
+            capture_output=True,
+            timeout=120,
+        )
+        assert run.returncode == 0, run.stdout.decode() + run.stderr.decode()
+        results = [orjson.loads(x) for x in (tmp_path / "docs-example.results.jsonl").open("rb")]
+        assert [(r["custom_id"], r["status"]) for r in results] == [
+            ("q1", "succeeded"),
+            ("q2", "succeeded"),
+            ("q3", "succeeded"),
+        ]
+        assert results[1]["response"]["body"]["content"][0]["text"] == "echo: Hi"
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0, out.read_text()
@@ -102,6 +134,44 @@ def test_dev_serves_a_web_app_and_stops_everything_on_sigterm(tmp_path, monkeypa
     assert not alive, f"left behind: {alive}"
     assert "stopped" in out.read_text()
     assert not logdir_of(out).exists(), "the temporary directory was not removed"
+
+
+def test_dev_reports_a_dead_redis_and_keeps_the_logs(tmp_path):
+    proc, _, out = start_dev(tmp_path)
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+        [redis] = [p for p in children if "redis-server" in p.name()]
+        redis.kill()
+        assert proc.wait(60) == 1, out.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    gone, alive = psutil.wait_procs(children, timeout=15)
+    assert not alive, f"left behind: {alive}"
+    text = out.read_text()
+    logdir = logdir_of(out)
+    try:
+        assert f"redis was killed by SIGKILL; its log: {logdir / 'redis.log'}" in text, text
+        assert f"its logs are kept in {logdir}" in text, text
+        assert {p.name for p in logdir.iterdir()} >= {"redis.log", "worker.log", "beat.log"}
+        assert "Ready to accept connections" in (logdir / "redis.log").read_text()
+    finally:
+        shutil.rmtree(logdir.parent, ignore_errors=True)
+
+
+def test_dev_profiles_follow_the_emulators_models():
+    models = ["gpt-4o*", "claude-3*", "gemini-2.5-*", "o[0-9]*", "mistral-*", "codestral-*"]
+    with start_emulator(port=0, models=models) as emu:
+        profiles = emulator_profiles(emu)
+    assert [(p["name"], p.get("kind", "openai"), p["models"]) for p in profiles] == [
+        ("emulator", "openai", ["gpt-4o*", "o[0-9]*"]),
+        ("emulator-anthropic", "anthropic", ["claude-3*"]),
+        ("emulator-mistral", "mistral", ["mistral-*", "codestral-*"]),
+        ("emulator-gemini", "gemini", ["gemini-2.5-*"]),
+    ]
+    assert profiles[1]["base_url"] == emu.anthropic_base_url
+    assert profiles[2]["base_url"] == emu.mistral_base_url
+    assert profiles[3]["base_url"] == emu.gemini_base_url
 
 
 def test_dev_children_exit_when_dev_is_sigkilled(tmp_path):

@@ -11,6 +11,7 @@ import httpx
 import orjson
 import pytest
 import standardwebhooks
+from batchrelay.config.urls import RedisUrl
 
 from batchrelay.stack import EmbeddedStack
 from tests.examples.servers import serve_asgi, serve_werkzeug, serve_wsgi
@@ -111,3 +112,24 @@ def test_examples_need_a_webhook_secret(module: str, stack: EmbeddedStack) -> No
     settings = load_settings(redis_url=stack.redis_url, webhook_secrets=[])
     with pytest.raises(RuntimeError, match="BATCHRELAY_WEBHOOK_SECRETS"):
         example.create_app(settings)
+
+
+SERVERS = {"fastapi_app": serve_asgi, "flask_app": serve_werkzeug, "django_app": serve_wsgi}
+
+
+@pytest.mark.parametrize("module", list(SERVERS))
+def test_examples_answer_503_when_redis_is_down(module: str, stack: EmbeddedStack) -> None:
+    """Redis unreachable is the relay's trouble, not the caller's: 503, password masked."""
+    import importlib
+
+    from tests._redis import free_port
+
+    port = free_port()
+    down = stack.settings.model_copy(
+        update={"redis_url": RedisUrl(f"redis://:pw-123@127.0.0.1:{port}/0")}
+    )
+    app = importlib.import_module(f"examples.{module}").create_app(down)
+    with SERVERS[module](app) as base, httpx.Client(base_url=base, timeout=10) as client:
+        answer = client.post("/ask", json={"prompt": "hi"})
+    assert answer.status_code == 503, answer.text
+    assert f"redis://:***@127.0.0.1:{port}/0" in answer.text and "pw-123" not in answer.text

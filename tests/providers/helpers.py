@@ -10,11 +10,11 @@ from typing import Any
 
 import orjson
 from batchrelay.config import Settings
-from batchrelay.producer import BatchRelay, Webhook
 from batchrelay.worker.context import Relay
 from batchrelay.worker.packing import aggregate
 from batchrelay.worker.submission import submit_batch
 
+from batchrelay import BatchRelay, Webhook
 from tests.relay.harness import SECRET, drive, relay_settings
 
 Body = Callable[[str], dict[str, Any]]

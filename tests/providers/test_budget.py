@@ -11,9 +11,9 @@ import time
 from typing import Any
 
 from batchrelay.emulator import start_emulator
-from batchrelay.producer import BatchRelay
 from batchrelay.worker.context import Relay
 
+from batchrelay import BatchRelay
 from tests.providers.helpers import settings_for
 from tests.relay.harness import CHAT, fast_emulator_config, tick
 

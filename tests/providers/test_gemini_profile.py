@@ -59,7 +59,7 @@ def test_intake_takes_the_model_from_the_path():
     v1 = intake.prepare(GENERATE.replace("v1beta", "v1"), contents())
     assert (v1.tag, v1.body_json) == (p.tag, p.body_json)  # one group: profile, method, model
     other = intake.prepare("/v1/models/gemini-2.5-pro:generateContent", contents())
-    assert other.tag != p.tag and other.body_hash != p.body_hash
+    assert other.tag != p.tag and other.fingerprint != p.fingerprint
     embed = intake.prepare(
         "/v1beta/models/gemini-embedding-001:embedContent", {"content": {"parts": [{"text": "a"}]}}
     )

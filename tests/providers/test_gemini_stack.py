@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import orjson
 from batchrelay.emulator import start_emulator
-from batchrelay.producer import BatchRelay, Webhook
 
+from batchrelay import BatchRelay, Webhook
 from tests._receiver import WebhookReceiver
 from tests._stack import Stack
 from tests.relay.harness import SECRET, fast_emulator_config, relay_settings

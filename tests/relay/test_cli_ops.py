@@ -5,11 +5,11 @@ from __future__ import annotations
 import orjson
 import pytest
 from batchrelay.emulator import start_emulator
-from batchrelay.producer import BatchRelay, Webhook
 from batchrelay.worker.context import Relay
 from batchrelay.worker.sweep import stuck_batches
 from typer.testing import CliRunner
 
+from batchrelay import BatchRelay, Webhook
 from batchrelay.cli import app
 from tests._receiver import WebhookReceiver
 from tests._stack import settings_env

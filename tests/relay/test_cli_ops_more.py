@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from batchrelay import ops
 from batchrelay.cli import app
+from batchrelay.formatting import plural
 from tests._redis import RedisServer, free_port
 from tests.relay.harness import CHAT, EMB, all_final, chat, drive
 from tests.relay.test_cli_ops import cli, live  # noqa: F401  (live: fixture)
@@ -385,7 +386,7 @@ def test_counts_are_pluralised(live):  # noqa: F811
     assert "claimed 1 batch: b_" in cli("flush")
     assert "claimed 0 batches: -" in cli("flush")
     assert "replayed 0 deliveries" in cli("dead-letters", "replay")
-    assert [ops.plural(n, "request") for n in (0, 1, 1234)] == [
+    assert [plural(n, "request") for n in (0, 1, 1234)] == [
         "0 requests",
         "1 request",
         "1,234 requests",

@@ -13,13 +13,15 @@ import time
 import orjson
 import pytest
 from batchrelay.emulator import start_emulator
-from batchrelay.producer import AsyncBatchRelay, BatchRelay, RequestNotFoundError, Webhook
+from batchrelay.producer import commands
 from batchrelay.producer.keys import new_request_id, tag_of
+from batchrelay.producer.records import now_ms
 from batchrelay.worker import sweep
 from batchrelay.worker.context import RETIRED, Relay
 from batchrelay.worker.delivery import dead_letters
 from batchrelay.worker.sweep import retire_idle_groups, watch_retired
 
+from batchrelay import AsyncBatchRelay, BatchRelay, RequestNotFoundError, Webhook
 from tests._receiver import WebhookReceiver
 from tests.relay.harness import CHAT, all_final, chat, drive, fast_emulator_config, relay_settings
 
@@ -104,12 +106,12 @@ def intake_only(producer: BatchRelay, worker: Relay, text: str) -> tuple[str, di
     """A submit whose listing of the group was undone by a retirement and whose producer died
     before listing it again: only the intake script runs. Returns the id and what the
     producer would have listed again."""
-    core = producer._core
-    p = core.intake.prepare(CHAT, chat(text))
+    p = producer._core.intake.prepare(CHAT, chat(text))
     rid = new_request_id(p.tag)
-    calls = core.intake_calls([(p, rid)])
-    replies = [worker.script(keys=keys, args=args) for _tag, keys, args in calls]
-    return rid, core.relisted(core.groups_of([p]), calls, [0, *replies])
+    row = commands.IntakeRow(rid, p.line_bytes, p.body_json, b"", b"", "")
+    call = commands.intake(worker.keys, p.tag, now_ms(), [row])
+    _stored, unlisted = commands.run(worker.redis, call)
+    return rid, {p.tag: p.profile} if unlisted else {}
 
 
 def test_a_request_that_lands_mid_retirement_is_not_orphaned(setup):

@@ -9,7 +9,6 @@ from collections import Counter
 import orjson
 import pytest
 from batchrelay.emulator import start_emulator
-from batchrelay.producer import BatchRelay, CancelError, CeleryTask, Webhook
 from batchrelay.producer.keys import Keys, tag_of
 from batchrelay.worker.collection import collect_batch
 from batchrelay.worker.context import Relay
@@ -18,6 +17,7 @@ from batchrelay.worker.packing import aggregate
 from batchrelay.worker.providers import ProviderError
 from batchrelay.worker.submission import submit_batch
 
+from batchrelay import BatchRelay, CancelError, CeleryTask, Webhook
 from tests._receiver import WebhookReceiver
 from tests.relay.harness import (
     CHAT,

@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 
 import pytest
 import redis
 from batchrelay.config import load_settings
-from batchrelay.producer import (
+from batchrelay.config.urls import redacted
+from batchrelay.producer import commands
+from batchrelay.producer.keys import Keys, tag_of
+
+from batchrelay import (
     AsyncBatchRelay,
     BatchRelay,
+    BatchRelayError,
     CancelError,
     CeleryTask,
     IdempotencyConflictError,
     InvalidCallbackError,
     InvalidMetadataError,
+    InvalidRequestError,
     MissingModelError,
+    RelayUnavailableError,
     RequestNotFoundError,
     RequestTooLargeError,
     ResultTimeoutError,
@@ -26,7 +34,6 @@ from batchrelay.producer import (
     UnknownModelError,
     Webhook,
 )
-from batchrelay.producer.keys import Keys, tag_of
 
 CHAT = "/v1/chat/completions"
 
@@ -237,3 +244,180 @@ def test_redis_password_url(tmp_path):
             assert r.status(r.submit(CHAT, chat("auth"))).state == "pending"
     finally:
         server.stop()
+
+
+def test_bulk_statuses_results_and_wait(relay):
+    """The bulk calls `batchrelay run` uses: ids in order, None for what is not there."""
+    ids = relay.submit_many([{"endpoint": CHAT, "body": chat(f"b{i}")} for i in range(3)])
+    gone = "r_000000000000_0000000000000000000000000a"
+    relay.cancel(ids[0])
+    states = [s and s.state for s in relay.statuses([*ids, gone])]
+    assert states == ["cancelled", "pending", "pending", None]
+    with pytest.raises(ResultTimeoutError, match="2 requests are not final"):
+        relay.wait(ids, timeout=0.3)
+    seen = []
+    threading.Timer(0.5, lambda: [relay.cancel(r) for r in ids[1:]]).start()
+    counts = relay.wait([*ids, gone], timeout=5, progress=seen.append)
+    assert (counts.cancelled, counts.missing, counts.open) == (3, 1, 0)
+    assert seen[0].pending == 2 and seen[-1] == counts
+    payloads = relay.results([*ids, gone])
+    assert [p and p["status"] for p in payloads] == ["cancelled"] * 3 + [None]
+    with pytest.raises(RequestNotFoundError):
+        relay.statuses(["nonsense"])
+
+
+def test_async_bulk_calls(redis_url):
+    async def run() -> None:
+        async with AsyncBatchRelay(make_settings(redis_url)) as relay:
+            ids = await relay.submit_many([{"endpoint": CHAT, "body": chat("ab")}] * 2)
+            assert ids.new == 2
+            assert [s.state for s in await relay.statuses(ids)] == ["pending", "pending"]
+            asyncio.get_running_loop().call_later(0.2, asyncio.ensure_future, relay.cancel(ids[0]))
+            asyncio.get_running_loop().call_later(0.3, asyncio.ensure_future, relay.cancel(ids[1]))
+            counts = await relay.wait(ids, timeout=5)
+            assert counts.cancelled == 2
+            assert [p["status"] for p in await relay.results(ids)] == ["cancelled"] * 2
+
+    asyncio.run(run())
+
+
+def keyed(prefix: str, n: int) -> list[dict]:
+    return [
+        {"endpoint": CHAT, "body": chat(f"{prefix}{i}"), "idempotency_key": f"{prefix}{i}"}
+        for i in range(n)
+    ]
+
+
+def test_submit_many_counts_what_it_stored(relay):
+    items = [
+        {"endpoint": CHAT, "body": chat(f"n{i}"), "idempotency_key": f"n{i}"} for i in range(3)
+    ]
+    first = relay.submit_many(items[:2])
+    again = relay.submit_many(items)
+    assert (first.new, again.new) == (2, 1) and again[:2] == first
+
+
+def test_a_bad_key_deep_in_submit_many_stores_nothing(relay):
+    """Item 1,500 of 2,000 with a key Redis cannot encode: refused before the first chunk."""
+    items = [
+        {"endpoint": CHAT, "body": chat(f"u{i}"), "idempotency_key": f"u{i}"} for i in range(2000)
+    ]
+    items[1500] = {**items[1500], "idempotency_key": "bad\ud800"}
+    with pytest.raises(InvalidRequestError, match=r"item 1500: idempotency_key is not valid"):
+        relay.submit_many(items)
+    assert relay.redis.dbsize() == 0
+    with pytest.raises(InvalidRequestError, match="body 'model' is not valid Unicode"):
+        relay.submit(CHAT, chat("x", "gpt-\ud800"))
+    with pytest.raises(InvalidRequestError, match="idempotency_key is not valid Unicode"):
+        relay.submit(CHAT, chat("x"), idempotency_key="bad\ud800")
+    assert relay.redis.dbsize() == 0
+
+
+def test_a_conflict_deep_in_submit_many_stores_nothing(relay):
+    """Keys are settled for every chunk before any request is stored."""
+    first = relay.submit(CHAT, chat("taken"), idempotency_key="c1500")
+    before = relay.redis.dbsize()
+    items = [
+        {"endpoint": CHAT, "body": chat(f"c{i}"), "idempotency_key": f"c{i}"} for i in range(2000)
+    ]
+    with pytest.raises(IdempotencyConflictError, match=f"item 1500: .*{first}"):
+        relay.submit_many(items)
+    assert relay.redis.dbsize() == before
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"endpoint": "/v1/embeddings", "body": {"model": "text-embedding-3-small", "input": "k"}},
+        {"body": chat("another")},
+        {"callback": Webhook("http://127.0.0.1:9/other")},
+        {"callback": CeleryTask("app.tasks.got")},
+        {"metadata": {"user": 8}},
+        {"metadata": None},
+    ],
+    ids=["endpoint", "body", "callback", "callback kind", "metadata", "no metadata"],
+)
+def test_a_key_reused_with_any_other_field_conflicts(relay, change):
+    first = {
+        "endpoint": CHAT,
+        "body": chat("same"),
+        "callback": Webhook("http://127.0.0.1:9/hook"),
+        "metadata": {"user": 7},
+        "idempotency_key": "k-all",
+    }
+    rid = relay.submit_many([first])[0]
+    assert relay.submit_many([first]) == [rid]
+    with pytest.raises(IdempotencyConflictError, match=rid):
+        relay.submit_many([{**first, **change}])
+    record = relay.redis.hmget(Keys().req(rid), "callback", "metadata")
+    assert b"/hook" in record[0] and record[1] == b'{"user":7}'
+
+
+def test_nan_and_infinity_are_refused(relay):
+    for value in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(InvalidRequestError, match=r"body\.temperature is"):
+            relay.submit(CHAT, {**chat("n"), "temperature": value})
+        with pytest.raises(InvalidMetadataError, match=r"metadata\.scores\[1\] is"):
+            relay.submit(CHAT, chat("n"), metadata={"scores": [1.0, value]})
+    assert relay.submit(CHAT, {**chat("n"), "stop": None})  # a plain null is fine
+    assert relay.redis.dbsize() > 0
+
+
+def unreachable_settings(tmp_path) -> tuple[object, int]:
+    """Settings naming a Redis that is not there, with a password in the URL."""
+    from tests._redis import free_port
+
+    port = free_port()
+    return make_settings(f"redis://:s3cret-pw@127.0.0.1:{port}/0"), port
+
+
+def test_every_call_says_redis_is_unavailable(tmp_path):
+    settings, port = unreachable_settings(tmp_path)
+    masked = f"redis://:***@127.0.0.1:{port}/0"
+    rid = "r_000000000000_0000000000000000000000000a"
+    with BatchRelay(settings) as relay:
+        calls = [
+            lambda: relay.submit(CHAT, chat("x")),
+            lambda: relay.submit_many([{"endpoint": CHAT, "body": chat("x")}]),
+            lambda: relay.status(rid),
+            lambda: relay.statuses([rid]),
+            lambda: relay.result(rid, timeout=1),
+            lambda: relay.results([rid]),
+            lambda: relay.wait([rid], timeout=1),
+            lambda: relay.cancel(rid),
+        ]
+        for call in calls:
+            with pytest.raises(RelayUnavailableError) as info:
+                call()
+            assert isinstance(info.value, BatchRelayError)
+            assert masked in str(info.value) and "s3cret-pw" not in str(info.value)
+
+    async def run() -> None:
+        async with AsyncBatchRelay(settings) as relay:
+            with pytest.raises(RelayUnavailableError, match=re.escape(masked)):
+                await relay.submit(CHAT, chat("x"))
+            with pytest.raises(RelayUnavailableError, match=re.escape(masked)):
+                await relay.result(rid, timeout=1)
+
+    asyncio.run(run())
+
+
+def test_redacted_url_hides_every_password():
+    assert redacted("redis://:pw@h:1/0") == "redis://:***@h:1/0"
+    assert redacted("rediss://user:pw@[::1]:6380/2") == "rediss://user:***@[::1]:6380/2"
+    assert redacted("redis://h:1/0?password=pw&db=1") == "redis://h:1/0?password=***&db=1"
+    assert redacted("redis://h:1/0") == "redis://h:1/0"
+
+
+def test_every_script_command_has_one_typed_function():
+    """relay.lua's commands and producer.commands' functions are the same set."""
+    import inspect
+
+    lua = commands.SOURCE
+    in_script = set(re.findall(r"if cmd == '(\w+)' then", lua))
+    functions = {
+        name
+        for name, fn in vars(commands).items()
+        if inspect.isfunction(fn) and fn.__module__ == commands.__name__ and name in in_script
+    }
+    assert functions == in_script

@@ -12,8 +12,8 @@ import orjson
 import pytest
 from batchrelay.emulator import start_emulator
 from batchrelay.emulator.content import embedding_vector
-from batchrelay.producer import BatchRelay, CeleryTask, Webhook
 
+from batchrelay import BatchRelay, CeleryTask, Webhook
 from tests._receiver import WebhookReceiver
 from tests._stack import ROOT, Stack, settings_env
 from tests.relay.harness import CHAT, EMB, SECRET, chat, fast_emulator_config, relay_settings

@@ -24,22 +24,26 @@ import orjson
 import pytest
 import redis
 from batchrelay.config import ConfigurationError, Settings
-from batchrelay.producer import (
+from batchrelay.config.urls import RedisUrl
+from typer.testing import CliRunner, Result
+
+from batchrelay import (
     BatchRelay,
+    CeleryTask,
     IdempotencyConflictError,
     InvalidCallbackError,
     InvalidMetadataError,
     InvalidRequestError,
     MissingModelError,
+    RelayUnavailableError,
     RequestTooLargeError,
     StreamingNotSupportedError,
     UnknownEndpointError,
     UnknownModelError,
     Webhook,
 )
-from typer.testing import CliRunner, Result
-
 from batchrelay.cli import app
+from tests._redis import free_port
 from tests._stack import ROOT, settings_env
 from tests.relay.harness import CHAT, chat, relay_settings
 
@@ -54,6 +58,8 @@ NOT_JSON = "n/a (not expressible in JSON)"
 NO_METADATA = "n/a (`run` keeps only the custom_id as metadata)"
 NO_CALLBACK = "n/a (a batch line has no callback)"
 NO_KEY = "n/a (`run` derives the key from the file)"
+NOT_UTF8 = "n/a (a file is UTF-8: `not valid JSON`)"
+NAN = float("nan")
 
 # (README wording, endpoint, body, keyword arguments, exception, words the message contains, run)
 MATRIX = [
@@ -79,8 +85,14 @@ MATRIX = [
     ("callback to a link-local address", CHAT, OK, {"callback": Webhook("http://169.254.169.254/")}, InvalidCallbackError, "link-local", NO_CALLBACK),
     ("callback host that does not resolve", CHAT, OK, {"callback": Webhook("https://nowhere.invalid/")}, InvalidCallbackError, "resolve", NO_CALLBACK),
     ("idempotency key that is empty", CHAT, OK, {"idempotency_key": ""}, InvalidRequestError, "idempotency_key", NO_KEY),
+    ("idempotency key that is not valid Unicode", CHAT, OK, {"idempotency_key": "bad\ud800"}, InvalidRequestError, "idempotency_key is not valid Unicode", NO_KEY),
+    ("model that is not valid Unicode", CHAT, chat("x", "gpt-\ud800"), {}, InvalidRequestError, "body 'model' is not valid Unicode", NOT_UTF8),
+    ("NaN or Infinity in the body", CHAT, {**OK, "temperature": NAN}, {}, InvalidRequestError, "body.temperature is nan", NOT_JSON),
+    ("NaN or Infinity in the metadata", CHAT, OK, {"metadata": {"score": -float("inf")}}, InvalidMetadataError, "metadata.score is -inf", NO_METADATA),
 ]  # fmt: skip
-REUSED_KEY = ("idempotency key reused with another body", NO_KEY)  # its own test below
+# Rows with their own tests below: (README wording, the `batchrelay run` column).
+REUSED_KEY = ("idempotency key reused with another endpoint, body, callback or metadata", NO_KEY)
+UNREACHABLE = ("Redis that cannot be reached", "exit 1, the same message")
 
 
 def rows(table: list[tuple]) -> list[Any]:
@@ -131,10 +143,11 @@ CONFIG_MATRIX = [
     ("no provider profile", {"BATCHRELAY_PROVIDERS": None}, "BATCHRELAY_PROVIDERS", "no provider profile", NO_PROVIDER_NEEDED, EXIT, EXIT),
     ("provider without an API key", {"BATCHRELAY_PROVIDERS": providers(api_key=None)}, "BATCHRELAY_PROVIDERS (providers.0.api_key)", "Field required", CONF, EXIT, EXIT),
     ("provider `base_url` that is not http(s)", {"BATCHRELAY_PROVIDERS": providers(base_url="ftp://api.example/v1")}, "BATCHRELAY_PROVIDERS (providers.0.base_url)", "http(s) URL", CONF, EXIT, EXIT),
+    ("any URL with credentials in a bad setting", {"BATCHRELAY_PROVIDERS": providers(base_url="ftp://u:url-pw-1@x/v1")}, "ftp://u:***@x/v1", "http(s) URL", CONF, EXIT, EXIT),
     ("provider `base_url` without a host", {"BATCHRELAY_PROVIDERS": providers(base_url="https:///v1")}, "BATCHRELAY_PROVIDERS (providers.0.base_url)", "http(s) URL", CONF, EXIT, EXIT),
     ("misspelt field in a provider profile", {"BATCHRELAY_PROVIDERS": providers(model="gpt-4o")}, "BATCHRELAY_PROVIDERS (providers.0.model)", "Extra inputs are not permitted", CONF, EXIT, EXIT),
     ("provider fallback naming no profile", {"BATCHRELAY_PROVIDERS": providers(fallbacks=["spare"])}, "BATCHRELAY_PROVIDERS (providers.0.fallbacks)", "no profile named 'spare'", CONF, EXIT, EXIT),
-    ("`BATCHRELAY_PROVIDERS` that is not JSON", {"BATCHRELAY_PROVIDERS": "[{name: oa}]"}, "BATCHRELAY_PROVIDERS", "not valid JSON", CONF, EXIT, EXIT),
+    ("`BATCHRELAY_PROVIDERS` that is not JSON", {"BATCHRELAY_PROVIDERS": "[{name: oa}]"}, "BATCHRELAY_PROVIDERS in the environment", "not valid JSON", CONF, EXIT, EXIT),
     ("`lease_s` not above `http_timeout_s`", {"BATCHRELAY_LEASE_S": "30", "BATCHRELAY_HTTP_TIMEOUT_S": "60"}, "lease_s", "must exceed http_timeout_s", CONF, EXIT, EXIT),
     ("`task_time_limit_s` not below `visibility_timeout_s`", {"BATCHRELAY_TASK_TIME_LIMIT_S": "9999"}, "task_time_limit_s", "below visibility_timeout_s", CONF, EXIT, EXIT),
     ("`result_retention_s` within the delivery retries", {"BATCHRELAY_RESULT_RETENTION_S": "600", "BATCHRELAY_DELIVERY_RETRY_SCHEDULE_S": "[300, 600]"}, "result_retention_s", "delivery retry schedule", CONF, EXIT, EXIT),
@@ -189,11 +202,15 @@ def test_submit_many_refuses_the_whole_call(relay, what, endpoint, body, kw, exc
     assert relay.redis.dbsize() == 0
 
 
-def test_idempotency_key_reused_with_another_body(relay):
+def test_idempotency_key_reused_with_another_field(relay):
     rid = relay.submit(CHAT, chat("a"), idempotency_key="k")
     before = relay.redis.dbsize()
     with pytest.raises(IdempotencyConflictError, match=rid):
         relay.submit(CHAT, chat("b"), idempotency_key="k")
+    with pytest.raises(IdempotencyConflictError, match=rid):
+        relay.submit(CHAT, chat("a"), idempotency_key="k", metadata={"user": 1})
+    with pytest.raises(IdempotencyConflictError, match=rid):
+        relay.submit(CHAT, chat("a"), idempotency_key="k", callback=CeleryTask("app.got"))
     with pytest.raises(IdempotencyConflictError):
         relay.submit_many(
             [
@@ -204,6 +221,26 @@ def test_idempotency_key_reused_with_another_body(relay):
     assert relay.redis.dbsize() == before  # "fresh" was taken, then given back
     other = relay.submit(CHAT, chat("d"), idempotency_key="fresh")
     assert relay.status(other).state == "pending"
+
+
+def unreachable(redis_url: str) -> tuple[Settings, str]:
+    """The bad-input settings with a password, pointing at a port where no Redis listens."""
+    port = free_port()
+    url = f"redis://:pw-never-shown@127.0.0.1:{port}/0"
+    settings = bad_input_settings(redis_url).model_copy(update={"redis_url": RedisUrl(url)})
+    return settings, f"redis://:***@127.0.0.1:{port}/0"
+
+
+def test_unreachable_redis_is_named_with_its_password_masked(redis_url):
+    settings, masked = unreachable(redis_url)
+    with BatchRelay(settings) as relay:
+        for call in (
+            lambda: relay.submit(CHAT, OK),
+            lambda: relay.submit_many([{"endpoint": CHAT, "body": OK}]),
+        ):
+            with pytest.raises(RelayUnavailableError) as info:
+                call()
+            assert masked in str(info.value) and "pw-never-shown" not in str(info.value)
 
 
 def test_allow_list_permits_what_it_names(relay):
@@ -260,6 +297,18 @@ def test_run_refuses_the_file_naming_the_line(cli, what, endpoint, body, kw, exc
     assert cli.stored() == []
 
 
+def test_run_says_redis_cannot_be_reached(redis_url, tmp_path, monkeypatch):
+    settings, masked = unreachable(redis_url)
+    use_environment(monkeypatch, tmp_path, settings_env(settings))
+    monkeypatch.setenv("COLUMNS", "200")
+    result, output = Cli(redis_url, tmp_path).run(line("q2"))
+    assert result.exit_code == 1, result.output
+    assert (
+        f"cannot use Redis at {masked}: ConnectionError" in output
+        and "pw-never-shown" not in output
+    )
+
+
 @pytest.mark.parametrize(("what", "third", "words"), rows(RUN_MATRIX))
 def test_run_refuses_a_bad_batch_file(cli, what, third, words):
     result, output = cli.run(third)
@@ -298,7 +347,7 @@ def test_producer_refuses_bad_settings(
         BatchRelay.from_env()
     named = producer.partition(" naming ")[2].strip("`") or named
     assert named in str(info.value) and words in str(info.value), str(info.value)
-    assert "sk-secret-1" not in str(info.value)
+    assert "sk-secret-1" not in str(info.value) and "url-pw-1" not in str(info.value)
 
 
 @pytest.mark.parametrize(CONFIG_ROW, rows(CONFIG_MATRIX))
@@ -313,7 +362,7 @@ def test_run_refuses_bad_settings(
     output = " ".join(result.output.split())
     assert result.exit_code == 78, f"{what}: {result.output}"
     assert named in output and words in output, output
-    assert "sk-secret-1" not in output
+    assert "sk-secret-1" not in output and "url-pw-1" not in output
     client = redis.Redis.from_url(redis_url)
     assert client.keys("*") == []
     client.close()
@@ -369,7 +418,7 @@ def test_worker_stops_on_bad_settings(workers, what, change, named, words, produ
     assert code == 78, f"{what}: exit {code}\n{stderr[-2000:]}"
     message = " ".join(stderr.split())
     assert named in message and words in message, message
-    assert "sk-secret-1" not in stderr
+    assert "sk-secret-1" not in stderr and "url-pw-1" not in stderr
     assert relay_keys == []
 
 
@@ -397,6 +446,8 @@ def test_readme_carries_the_same_tables():
         assert f"`{exc.__name__}`" in rows[what][1] and rows[what][2] == run, rows[what]
     assert rows[REUSED_KEY[0]][2] == REUSED_KEY[1]
     assert "`IdempotencyConflictError`" in rows[REUSED_KEY[0]][1]
+    assert rows[UNREACHABLE[0]][2] == UNREACHABLE[1]
+    assert "`RelayUnavailableError`" in rows[UNREACHABLE[0]][1]
     for what, _third, words in RUN_MATRIX:
         assert what in rows, what
         assert f"`{words}`" in rows[what][1], rows[what]
@@ -405,7 +456,8 @@ def test_readme_carries_the_same_tables():
         assert rows[what][1:] == [f"`{named}`", producer, run, worker], rows[what]
     expected = {r[0] for r in MATRIX} | {r[0] for r in RUN_MATRIX} | {r[0] for r in CONFIG_MATRIX}
     headers = {"bad input", "bad line", "bad setting"}
-    assert set(rows) == expected | {REUSED_KEY[0]} | headers, set(rows) ^ expected
+    own = {REUSED_KEY[0], UNREACHABLE[0]}
+    assert set(rows) == expected | own | headers, set(rows) ^ expected
 
 
 def test_callback_is_checked_again_at_delivery(redis_url):

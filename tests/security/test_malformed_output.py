@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 from batchrelay.emulator import start_emulator
-from batchrelay.producer import BatchRelay
 from batchrelay.worker.context import Relay
 
+from batchrelay import BatchRelay
 from tests.relay.harness import CHAT, all_final, chat, drive, fast_emulator_config, relay_settings
 
 KINDS = ["unparseable_line", "unknown_custom_id", "truncated", "html"]

@@ -10,8 +10,8 @@ import threading
 import orjson
 import redis
 from batchrelay.emulator import start_emulator
-from batchrelay.producer import BatchRelay, Webhook
 
+from batchrelay import BatchRelay, Webhook
 from tests._receiver import WebhookReceiver
 from tests._stack import Stack
 from tests.relay.harness import CHAT, chat, fast_emulator_config, relay_settings

@@ -64,6 +64,8 @@ class Claim:
     n: int  # requests sent in the batch
     owns: Callable[[str], bool]
     recorded: Callable[[str], str | None]
+    #: The input file this claim uploaded, if any: a batch created from it is this claim's.
+    input_ref: str | None = None
 
 
 class ProviderError(Exception):
@@ -98,9 +100,10 @@ class BatchAdapter(ABC):
     #: The wire protocol this adapter speaks; its facts (limits, files) live in config/kinds.py.
     kind: ClassVar[ProviderKind]
 
-    @property
-    def uploads_files(self) -> bool:
-        """False when requests travel inline in the create call (no separate file upload)."""
+    def uploads(self, size: int) -> bool:
+        """Whether a batch input of `size` bytes is uploaded as a file first (False: it
+        travels inline in the create call). Decided once per claim: the file id it records
+        makes every later attempt use the file."""
         return self.kind.uploads_files
 
     @abstractmethod

@@ -1,4 +1,10 @@
-"""OpenAI Files + Batches over httpx: OpenAI itself, every OpenAI-compatible reseller, Azure.
+"""OpenAI Files + Batches over httpx: OpenAI itself, every OpenAI-compatible reseller, the
+OpenAI-style vendors (Groq, Together: config/kinds.py `VENDORS`), Azure.
+
+A vendor differs in facts its profile names: the upload path, purpose and a file-name field,
+input lines without `method`/`url`, and batches without `metadata` (reconciling then matches
+the claim's input file, which only that claim uploaded). Together's create answers
+`{job, warning}` and its statuses are upper-case; both are read as they come.
 
 Reseller differences are configuration: extra upload form fields (`{model}` is replaced by
 the batch's model, e.g. LiteLLM's `target_model_names`), the input file's lifetime (asked for
@@ -78,33 +84,38 @@ def error_payload(
 def parse_result_line(line: bytes) -> Outcome | None:
     """One output- or error-file line; None (and a log line) for one that cannot be read."""
     try:
-        data = orjson.loads(line)
-        custom_id = data["custom_id"]
-        response, error = data.get("response"), data.get("error")
-        if response:
-            status = int(response["status_code"])
-            body = response.get("body")
-            if 200 <= status < 300:
-                return Outcome(custom_id, "ok", status, orjson.dumps(body))
-            err = body.get("error") if isinstance(body, dict) else None
-            err = err if isinstance(err, dict) else {}
-            payload = error_payload(
-                code=err.get("code") or err.get("type"),
-                message=err.get("message") or f"HTTP {status}",
-                status_code=status,
-                body=body,
-            )
-            kind = "retry" if status == 429 or status >= 500 else "fail"
-            return Outcome(custom_id, kind, status, payload)
-        if error:
-            code = error.get("code")
-            payload = error_payload(code=code, message=error.get("message") or str(code))
-            return Outcome(
-                custom_id, "retry" if code in RETRYABLE_LINE_CODES else "fail", 0, payload
-            )
+        return result_outcome(orjson.loads(line), line)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         log.warning("unreadable result line skipped (%s): %.200r", type(exc).__name__, line)
         return None
+
+
+def result_outcome(data: dict[str, Any], line: bytes) -> Outcome | None:
+    """The outcome of one parsed result line `{custom_id, response: {status_code, body},
+    error}`; raises on a malformed line, None (and a log line) for one with neither part."""
+    custom_id = data["custom_id"]
+    response, error = data.get("response"), data.get("error")
+    if response:
+        status = int(response["status_code"])
+        body = response.get("body")
+        if 200 <= status < 300:
+            return Outcome(custom_id, "ok", status, orjson.dumps(body))
+        err = body.get("error") if isinstance(body, dict) else None
+        if err is None and isinstance(body, dict) and body.get("object") == "error":
+            err = body  # Mistral's envelope: the error fields at the top level
+        err = err if isinstance(err, dict) else {}
+        payload = error_payload(
+            code=err.get("code") or err.get("type"),
+            message=err.get("message") or f"HTTP {status}",
+            status_code=status,
+            body=body,
+        )
+        kind = "retry" if status == 429 or status >= 500 else "fail"
+        return Outcome(custom_id, kind, status, payload)
+    if error:
+        code = error.get("code")
+        payload = error_payload(code=code, message=error.get("message") or str(code))
+        return Outcome(custom_id, "retry" if code in RETRYABLE_LINE_CODES else "fail", 0, payload)
     log.warning("result line with neither response nor error skipped: %.200r", line)
     return None
 
@@ -114,6 +125,7 @@ class OpenAIAdapter(http.RetryingCalls, BatchAdapter):
 
     def __init__(self, profile: ProviderProfile, settings: Settings):
         self.profile = profile
+        self.vendor = profile.vendor_facts
         self.max_retries = settings.http_max_retries
         self.client = self._client(settings.http_timeout_s)
 
@@ -132,11 +144,15 @@ class OpenAIAdapter(http.RetryingCalls, BatchAdapter):
     ) -> None:
         head = b'{"custom_id":"'
         mid = b'","method":"POST","url":' + orjson.dumps(endpoint) + b',"body":'
+        if not self.vendor.lines_name_method_url:
+            mid = b'","body":'
         for rid, body in items:
             out.write(head + rid.encode() + mid + body + b"}\n")
 
     def upload(self, path: Path, *, model: str) -> str:
-        form = {"purpose": "batch"}
+        form = {"purpose": self.vendor.upload_purpose}
+        if self.vendor.upload_name_field:
+            form[self.vendor.upload_name_field] = path.name
         form.update(
             {k: v.replace("{model}", model) for k, v in self.profile.extra_upload_fields.items()}
         )
@@ -147,26 +163,30 @@ class OpenAIAdapter(http.RetryingCalls, BatchAdapter):
         def send() -> httpx.Response:
             with path.open("rb") as f:
                 files = {"file": (path.name, f, "application/jsonl")}
-                return self.client.post("/files", data=form, files=files)
+                return self.client.post(self.vendor.upload_path, data=form, files=files)
 
         return self._call("upload input file", send).json()["id"]
 
     def create(
         self, *, input_ref: str | None, path: Path | None, endpoint: str, model: str, bid: str
     ) -> ProviderBatch:
-        body = {
+        body: dict[str, Any] = {
             "input_file_id": input_ref,
             "endpoint": self.batch_endpoint(endpoint),
             "completion_window": self.profile.completion_window,
-            "metadata": {METADATA_KEY: bid},
         }
+        if self.vendor.metadata:
+            body["metadata"] = {METADATA_KEY: bid}
         response = self._call(
             "create batch", lambda: self.client.post("/batches", json=body), idempotent=False
-        )
-        return parse_batch(response.json())
+        ).json()
+        # Together wraps the new batch: {"job": {...}, "warning": ...}.
+        job = response.get("job")
+        return parse_batch(job if isinstance(job, dict) else response)
 
     def find(self, claim: Claim) -> ProviderBatch | None:
-        """Our batch id travels in the batch's metadata, so listing finds it exactly."""
+        """Our batch id travels in the batch's metadata, so listing finds it exactly; a
+        vendor without metadata is matched on the input file only this claim uploaded."""
         bid, since = claim.bid, claim.since
         after: str | None = None
         while True:
@@ -177,13 +197,17 @@ class OpenAIAdapter(http.RetryingCalls, BatchAdapter):
                 "list batches", lambda p=params: self.client.get("/batches", params=p)
             )
             data = page.json()
+            if isinstance(data, list):  # Together lists every batch as a bare array
+                data = {"data": data, "has_more": False}
             batches = data.get("data") or []
             for raw in batches:
-                if (raw.get("metadata") or {}).get(METADATA_KEY) == bid:
+                if (raw.get("metadata") or {}).get(METADATA_KEY) == bid or (
+                    claim.input_ref and raw.get("input_file_id") == claim.input_ref
+                ):
                     return parse_batch(raw)
             if not data.get("has_more") or not batches:
                 return None
-            if min(float(b.get("created_at") or 0) for b in batches) < since - CLOCK_SKEW_S:
+            if min(epoch_s(b.get("created_at")) for b in batches) < since - CLOCK_SKEW_S:
                 return None
             after = batches[-1]["id"]
 
