@@ -21,6 +21,7 @@ from batchrelay.emulator.routes_anthropic import (
     anthropic_router,
 )
 from batchrelay.emulator.routes_openai import openai_router
+from batchrelay.emulator.webhooks import webhook_router
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -153,6 +154,7 @@ def create_app(engine: Engine) -> FastAPI:
         return ApiError(500, f"Emulator error: {exc!r}", shape=shape).to_response()  # type: ignore[arg-type]
 
     app.include_router(admin_router())
+    app.include_router(webhook_router())
     app.include_router(anthropic_router())
     for mount, flavor in OPENAI_MOUNTS.items():
         app.include_router(openai_router(flavor), prefix=mount)

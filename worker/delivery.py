@@ -22,6 +22,8 @@ from batchrelay.producer.records import RESULT_FIELDS, result_payload
 from batchrelay.worker.context import Relay
 from batchrelay.worker.webhooks import send_webhook
 
+from batchrelay import metrics_store
+
 log = logging.getLogger(__name__)
 
 DELIVERY_FIELDS = (*RESULT_FIELDS, "dstate", "dattempts")
@@ -98,7 +100,11 @@ def deliver_one(relay: Relay, rid: str, leased_until_ms: int, send_task: SendTas
     else:
         relay.redis.zrem(relay.keys.deliver(tag), rid)
         return "skipped"
-    return _record(relay, rid, attempts, attempt)
+    outcome = _record(relay, rid, attempts, attempt)
+    metrics_store.count("batchrelay_webhook_attempts_total", outcome)
+    if outcome == "delivered":
+        metrics_store.observe_delivered(payload, relay.now())
+    return outcome
 
 
 def _take(relay: Relay, tag: str, rid: str, leased_until_ms: int) -> bool:

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from batchrelay.producer.keys import tag_of
 from batchrelay.worker.context import Relay
 
+from batchrelay import metrics_store
+
 SETTLE_CHUNK = 500
 Row = tuple[str, str, int, bytes]  # request id, outcome, status code, payload
 COUNT_NAMES = ("ok", "fail", "retry", "requeue", "stale")
@@ -38,8 +40,10 @@ def settle(relay: Relay, bid: str, pbatch: str, rows: Sequence[Row]) -> Counter[
     for rid, outcome, status, payload in rows:
         args += (rid, outcome, status, payload)
     keys = [k.pending(tag), k.pbytes(tag), k.deliver(tag), k.alive(tag)]
-    counts = relay.script(keys=keys, args=args)
-    return Counter(dict(zip(COUNT_NAMES, counts, strict=True)))
+    counts = Counter(dict(zip(COUNT_NAMES, relay.script(keys=keys, args=args), strict=True)))
+    metrics_store.count("batchrelay_requests_total", "succeeded", n=counts["ok"])
+    metrics_store.count("batchrelay_requests_total", "failed", n=counts["fail"])
+    return counts
 
 
 def settle_all(relay: Relay, bid: str, pbatch: str, rows: Iterable[Row]) -> Counter[str]:
