@@ -59,13 +59,22 @@ def poll_batch(self: Task, batch_id: str) -> str:
 
 @shared_task(bind=True, name="batchrelay.collect")
 def collect(self: Task, batch_id: str) -> dict[str, int]:
-    return dict(collection.collect_batch(relay_of(self.app), batch_id))
+    """Collect a finished batch, then hand out the deliveries it made due at once instead of
+    waiting for beat's next tick (they are leased first, so beat cannot send them twice)."""
+    relay = relay_of(self.app)
+    counts = collection.collect_batch(relay, batch_id)
+    if counts["ok"] or counts["fail"]:
+        _hand_out(delivery.lease_due(relay))
+    return dict(counts)
 
 
 @shared_task(bind=True, name="batchrelay.deliver_due")
 def deliver_due(self: Task) -> dict[str, int]:
     """Beat: hand out due deliveries in chunks; returns how many chunks and requests."""
-    chunks = delivery.lease_due(relay_of(self.app))
+    return _hand_out(delivery.lease_due(relay_of(self.app)))
+
+
+def _hand_out(chunks: list[delivery.LeasedChunk]) -> dict[str, int]:
     for chunk in chunks:
         deliver.delay(chunk.request_ids, chunk.leased_until_ms)
     return {"chunks": len(chunks), "requests": sum(len(c.request_ids) for c in chunks)}
