@@ -4,7 +4,8 @@ Each scrape reads the relay's own state (pending, in flight, due, dead, reserved
 a few pipelined reads per group and at most `INFLIGHT_LIMIT` batch records per group, so a
 scrape costs the same whatever the backlog; counters and histograms come from the hashes the
 workers add to (`metrics_store`). The same small server takes providers' batch webhooks
-(`POST /v1/provider-webhooks/{profile}`, see `provider_webhooks`).
+(`POST /v1/provider-webhooks/{profile}`, see `provider_webhooks`) and, when one makes a batch
+due, sends the poll dispatcher at once.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import orjson
 import redis
+from celery import Celery
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -34,6 +36,7 @@ from batchrelay.producer.records import now_ms
 from batchrelay.provider_webhooks import MAX_BODY, Refused, receive
 
 INFLIGHT_LIMIT = 1000
+POLL_TASK = "batchrelay.poll"
 RETIRED = b"retired:"
 GROUP_LABELS = ["profile", "endpoint", "model"]
 # Gauge name -> help; every name the exporter can expose is listed here or in metrics_store.
@@ -187,6 +190,13 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
     """The exporter's HTTP app: `GET /metrics` and `POST /v1/provider-webhooks/{profile}`."""
     client = client or redis.Redis.from_url(settings.redis_url.get_secret_value())
     keys = Keys(settings.key_prefix)
+    broker = Celery("batchrelay-metrics", broker=settings.redis_url.get_secret_value())
+
+    def dispatch_polls() -> None:
+        """Send the poll dispatcher now rather than at beat's next tick (it leases the due
+        batches, so a tick sending it too hands nothing out twice)."""
+        broker.send_task(POLL_TASK, queue=settings.queue, expires=max(5.0, settings.tick_s * 5))
+
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RelayCollector(settings, client))
     app = FastAPI(title="batchrelay metrics", docs_url=None, redoc_url=None, openapi_url=None)
@@ -202,6 +212,8 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
             done: dict[str, Any] = await run_in_threadpool(
                 receive, settings, client, profile, body, dict(request.headers)
             )
+            if done["outcome"] == "due_now":
+                await run_in_threadpool(dispatch_polls)
         except Refused as exc:
             return JSONResponse({"error": exc.message}, status_code=exc.status)
         finally:

@@ -3,9 +3,9 @@
 OpenAI calls a project webhook when a batch ends (`batch.completed|failed|expired|cancelled`,
 Standard Webhooks headers). The call is verified with the profile's `webhook_secret` (HMAC,
 timestamp within 300 s), deduplicated on `webhook-id`, and its batch, if it is one of ours,
-gets its next-poll time set to now: beat's next tick sends the poll, which collects it. Nothing
-else changes, so a lost or forged-and-refused webhook costs only latency; polling stays the
-safety net.
+gets its next-poll time set to now; the caller then sends the poll dispatcher, which polls and
+collects it (beat's next tick would too). Nothing else changes, so a lost or refused webhook
+costs only latency; polling stays the safety net.
 """
 
 from __future__ import annotations
