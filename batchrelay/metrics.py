@@ -14,7 +14,6 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-import orjson
 import redis
 from celery import Celery
 from fastapi import FastAPI, Request
@@ -34,10 +33,10 @@ from batchrelay.config import Settings
 from batchrelay.producer.keys import Keys
 from batchrelay.producer.records import now_ms
 from batchrelay.provider_webhooks import MAX_BODY, Refused, receive
+from batchrelay.worker.context import Relay
 
 INFLIGHT_LIMIT = 1000
 POLL_TASK = "batchrelay.poll"
-RETIRED = b"retired:"
 GROUP_LABELS = ["profile", "endpoint", "model"]
 # Gauge name -> help; every name the exporter can expose is listed here or in metrics_store.
 GAUGES = {
@@ -64,6 +63,7 @@ def metric_names() -> set[str]:
 class RelayCollector(Collector):
     def __init__(self, settings: Settings, client: redis.Redis) -> None:
         self.settings, self.client, self.keys = settings, client, Keys(settings.key_prefix)
+        self.relay = Relay(settings, client)  # for its reading of the groups list
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("batchrelay_up", GAUGES["batchrelay_up"])
@@ -79,11 +79,7 @@ class RelayCollector(Collector):
 
     def _state(self) -> Iterator[Metric]:
         k, now = self.keys, now_ms()
-        groups = []
-        for tag, raw in self.client.hgetall(k.groups).items():
-            if not tag.startswith(RETIRED):
-                meta = orjson.loads(raw)
-                groups.append((tag.decode(), [meta[n] for n in GROUP_LABELS]))
+        groups = [(g.tag, [g.profile, g.endpoint, g.model]) for g in self.relay.groups()]
         pipe = self.client.pipeline(transaction=False)
         for tag, _ in groups:
             pipe.zcard(k.pending(tag))
