@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from batchrelay import demo, extras, ops, run, stack
+from batchrelay import demo, extras, metrics_cli, ops, run, stack
 
 # Typer's rich help (0.29, with its vendored click) gives every flag a value type, so each
 # command listed `--help <bool>` and `--json <bool>`; its plain help, as click's, shows none.
@@ -50,6 +50,7 @@ def emulator(
 
 
 ops.register(app)
+metrics_cli.register(app)
 run.register(app)
 stack.register(app)
 demo.register(app)

@@ -33,6 +33,7 @@ from batchrelay.emulator.routes_gemini import (
 from batchrelay.emulator.routes_mistral import PREFIX as MISTRAL_PREFIX
 from batchrelay.emulator.routes_mistral import mistral_router
 from batchrelay.emulator.routes_openai import openai_router
+from batchrelay.emulator.webhooks import webhook_router
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -218,6 +219,7 @@ def create_app(engine: Engine) -> FastAPI:
         return ApiError(500, f"Emulator error: {exc!r}", shape=shape).to_response()
 
     app.include_router(admin_router())
+    app.include_router(webhook_router())
     app.include_router(anthropic_router())
     for prefix, router in gemini_routers():
         app.include_router(router, prefix=prefix)

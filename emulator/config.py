@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MB = 1024 * 1024
@@ -152,6 +152,10 @@ class EmulatorConfig(BaseSettings):
     max_gemini_file_bytes: int = Field(2048 * MB, ge=1)
 
     faults: Faults = Field(default_factory=Faults)
+
+    # OpenAI-style batch event webhooks (emulator/webhooks.py); also set at run time.
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
 
     def timings(self) -> Timings:
         return Timings(

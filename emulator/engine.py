@@ -19,7 +19,7 @@ from pathlib import Path
 from batchrelay.emulator.config import EmulatorConfig, Timings
 from batchrelay.emulator.faults import FaultState
 from batchrelay.emulator.gemini_views import gemini_state
-from batchrelay.emulator.lifecycle import TERMINAL, cancel_plan, phase, plan_run
+from batchrelay.emulator.lifecycle import TERMINAL, cancel_plan, phase, plan_run, terminal_time
 from batchrelay.emulator.results import (
     write_anthropic_results,
     write_gemini_results,
@@ -35,6 +35,7 @@ from batchrelay.emulator.validation import (
     validate_input,
 )
 from batchrelay.emulator.views import anthropic_status
+from batchrelay.emulator.webhooks import BatchWebhooks, WebhookTarget
 
 OUTPUT_FILE_LIFETIME_S = 30 * 86400
 # Gemini: a batch still pending or running after 48 h expires; files are kept 48 h.
@@ -79,6 +80,9 @@ class Engine:
         self._busy: dict[str, set[str]] = {"validate": set(), "finish": set()}
         self._counters: Counter[str] = Counter()
         self._counter_lock = threading.Lock()
+        self.webhooks = BatchWebhooks(
+            WebhookTarget(url=config.webhook_url, secret=config.webhook_secret)
+        )
 
     @property
     def lock(self) -> threading.RLock:
@@ -99,6 +103,7 @@ class Engine:
 
     def close(self) -> None:
         self.scheduler.stop()
+        self.webhooks.close()
         self.store.close()
 
     def count(self, name: str, n: int = 1) -> None:
@@ -348,6 +353,8 @@ class Engine:
     def _job(self, action: str, batch_id: str) -> None:
         if action == "validate":
             self._validate(batch_id)
+        elif action == "notify":
+            self._notify(batch_id)
         else:
             self._finish(batch_id)
 
@@ -424,6 +431,7 @@ class Engine:
                     errors = [batch_error("token_limit_exceeded", message)]
             if errors:
                 batch.failed_at, batch.errors = now, errors
+                self.webhooks.notify(batch.id, "failed")
             else:
                 batch.total = result.total
                 batch.planned_failures = result.planned_failures
@@ -469,6 +477,8 @@ class Engine:
                     batch.counts, batch.usage = outcome.counts, outcome.usage
                 batch.files_written_at = now
                 self.store.save_batch(batch)
+                if batch.shape == "openai":
+                    self.scheduler.at(terminal_time(batch) or now, "notify", batch.id)
         finally:
             for tmp in (out_tmp, err_tmp):
                 with contextlib.suppress(FileNotFoundError):
@@ -486,6 +496,14 @@ class Engine:
         return GeminiUnfinished(
             counts={"requestCount": batch.total, "pendingRequestCount": batch.total}
         )
+
+    def _notify(self, batch_id: str) -> None:
+        """Send the batch event of an OpenAI-shaped batch that has turned terminal."""
+        with self.lock:
+            batch = self.store.get_batch(batch_id)
+            status = phase(batch, time.time()) if batch is not None else None
+        if status in ENDED:
+            self.webhooks.notify(batch_id, status)
 
     def _register_outputs(self, batch, outcome, out_tmp: Path, err_tmp: Path, now: float) -> None:
         html = batch.fault_malformed_output == "html"

@@ -114,6 +114,10 @@ class EmulatorHandle:
     def set_timings(self, **changes: object) -> dict:
         return self._call("PATCH", "/timings", changes)
 
+    def set_webhook(self, url: str | None, secret: str | None = None) -> dict:
+        """Where OpenAI-style batch events go (None: nowhere), signed with `secret`."""
+        return self._call("PUT", "/webhook", {"url": url, "secret": secret})
+
     def stats(self) -> dict:
         return self._call("GET", "/stats")
 

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from batchrelay.producer import commands
 from batchrelay.worker.context import Relay
 
+from batchrelay import metrics_store
+
 SETTLE_CHUNK = 500
 Row = tuple[str, str, int, bytes]  # request id, outcome, status code, payload
 COUNT_NAMES = ("ok", "fail", "retry", "requeue", "stale")
@@ -34,8 +36,10 @@ def settle(relay: Relay, bid: str, pbatch: str, rows: Sequence[Row]) -> Counter[
         served_by=relay.redis.hget(relay.keys.batch(bid), "profile") or b"",
         rows=rows,
     )
-    counts = commands.run(relay.redis, call)
-    return Counter(dict(zip(COUNT_NAMES, counts, strict=True)))
+    counts = Counter(dict(zip(COUNT_NAMES, commands.run(relay.redis, call), strict=True)))
+    metrics_store.count("batchrelay_requests_total", "succeeded", n=counts["ok"])
+    metrics_store.count("batchrelay_requests_total", "failed", n=counts["fail"])
+    return counts
 
 
 def settle_all(relay: Relay, bid: str, pbatch: str, rows: Iterable[Row]) -> Counter[str]:

@@ -18,6 +18,8 @@ from batchrelay.config import ProviderProfile
 from batchrelay.worker.providers.base import ProviderError
 from batchrelay.worker.webhooks import parse_retry_after
 
+from batchrelay import metrics_store
+
 log = logging.getLogger(__name__)
 
 MAX_RETRY_AFTER_S = 60.0
@@ -42,13 +44,14 @@ def client(
     params: dict[str, str] | None = None,
 ) -> httpx.Client:
     """An HTTP client for one profile; redirects are not followed (they could carry the key
-    to another host)."""
+    to another host). Every answer is counted for the metrics (`metrics_store`)."""
     return httpx.Client(
         base_url=base_url or profile.base_url,
         headers={**auth_headers(profile), **(headers or {})},
         params=params,
         timeout=httpx.Timeout(timeout_s, connect=10.0),
         follow_redirects=False,
+        event_hooks={"response": [metrics_store.provider_hook(profile.name)]},
     )
 
 
