@@ -24,8 +24,8 @@ from pathlib import Path
 import orjson
 from batchrelay.emulator import start_emulator
 from batchrelay.emulator.lifecycle import terminal_time
-from batchrelay.producer import BatchRelay, Webhook
 
+from batchrelay import BatchRelay, Webhook
 from bench._redis import private_redis
 from tests._receiver import WebhookReceiver
 from tests._stack import Stack

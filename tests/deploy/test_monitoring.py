@@ -9,9 +9,9 @@ import re
 import httpx
 import pytest
 import yaml
-from batchrelay.producer import BatchRelay
 from prometheus_client.parser import text_string_to_metric_families
 
+from batchrelay import BatchRelay
 from batchrelay.metrics import metric_names
 from tests.deploy._compose import (
     ROOT,
