@@ -1,11 +1,13 @@
 """Providers' batch webhooks: a batch that ended at the provider is made due at once.
 
 OpenAI calls a project webhook when a batch ends (`batch.completed|failed|expired|cancelled`,
-Standard Webhooks headers). The call is verified with the profile's `webhook_secret` (HMAC,
-timestamp within 300 s), deduplicated on `webhook-id`, and its batch, if it is one of ours,
-gets its next-poll time set to now; the caller then sends the poll dispatcher, which polls and
-collects it (beat's next tick would too). Nothing else changes, so a lost or refused webhook
-costs only latency; polling stays the safety net.
+Standard Webhooks headers), and so does the Gemini API for a `kind = "gemini"` profile
+(`batch.succeeded|failed|expired|cancelled`, `data.id` the batch, same headers and signing;
+docs/operations.md says where each fact comes from). The call is verified with the
+profile's `webhook_secret` (HMAC, timestamp within 300 s), deduplicated on `webhook-id`, and
+its batch, if it is one of ours, gets its next-poll time set to now; the caller then sends the
+poll dispatcher, which polls and collects it (beat's next tick would too). Nothing else
+changes, so a lost or refused webhook costs only latency; polling stays the safety net.
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ from batchrelay.producer.keys import Keys, tag_of
 from batchrelay.producer.records import now_ms
 
 BATCH_EVENTS = frozenset({"batch.completed", "batch.failed", "batch.expired", "batch.cancelled"})
+# The Gemini API's batch events (its webhooks guide's event catalogue; the SDK's
+# `WebhookSubscribedEvent` lists the first three, `batch.cancelled` is in the guide only).
+GEMINI_BATCH_EVENTS = frozenset(
+    {"batch.succeeded", "batch.failed", "batch.expired", "batch.cancelled"}
+)
+EVENTS_BY_KIND = {"gemini": GEMINI_BATCH_EVENTS}
 # OpenAI retries a webhook for up to 72 hours; remember each id a little longer.
 DEDUPE_S = 4 * 86400
 MAX_BODY = 64 * 1024
@@ -64,7 +72,7 @@ def _receive(
         raise Refused(401, f"webhook signature not accepted: {exc}") from None
     event = orjson.loads(body)
     kind = event.get("type") if isinstance(event, dict) else None
-    if kind not in BATCH_EVENTS:
+    if kind not in EVENTS_BY_KIND.get(profile.kind, BATCH_EVENTS):
         return {"outcome": "ignored", "type": str(kind)}
     data = event.get("data")
     pbid = data.get("id") if isinstance(data, dict) else None
@@ -75,7 +83,8 @@ def _receive(
     if not client.set(seen, pbid, nx=True, ex=DEDUPE_S):
         return {"outcome": "duplicate", "batch": pbid}
     try:
-        bid = client.hget(keys.pbatches(profile_name), pbid)
+        names = _provider_names(profile.kind, pbid)
+        bid = next(filter(None, client.hmget(keys.pbatches(profile_name), names)), None)
         if bid is None:
             return {"outcome": "not_ours", "batch": pbid}
         ours = bid.decode()
@@ -85,3 +94,12 @@ def _receive(
             client.delete(seen)  # let the provider's retry try again
         raise
     return {"outcome": "due_now" if woken else "not_in_flight", "batch": pbid}
+
+
+def _provider_names(kind: str, pbid: str) -> list[str]:
+    """The provider batch ids `data.id` may stand for. Gemini batches are recorded by their
+    resource name, `batches/<id>`; the guide's sample event shows a bare id, so both forms
+    are looked up."""
+    if kind == "gemini" and not pbid.startswith("batches/"):
+        return [f"batches/{pbid}", pbid]
+    return [pbid]

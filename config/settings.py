@@ -89,7 +89,8 @@ class ProviderProfile(BaseModel):
     max_batches_in_flight: PositiveInt | None = None
     enqueued_token_budget: dict[str, PositiveInt] = Field(default_factory=dict)
     token_estimates: dict[str, PositiveFloat | str] = Field(default_factory=dict)
-    # Signing secret of the provider's batch event webhooks (OpenAI's project webhook) that
+    # Signing secret of the provider's batch event webhooks (OpenAI's project webhook, the
+    # Gemini API's static webhook for a gemini profile) that
     # `POST /v1/provider-webhooks/<name>` verifies; unset, that route refuses every call.
     webhook_secret: SecretStr | None = None
 

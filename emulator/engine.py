@@ -431,7 +431,7 @@ class Engine:
                     errors = [batch_error("token_limit_exceeded", message)]
             if errors:
                 batch.failed_at, batch.errors = now, errors
-                self.webhooks.notify(batch.id, "failed")
+                self.webhooks.notify(batch.id, "failed", batch.shape)
             else:
                 batch.total = result.total
                 batch.planned_failures = result.planned_failures
@@ -477,7 +477,7 @@ class Engine:
                     batch.counts, batch.usage = outcome.counts, outcome.usage
                 batch.files_written_at = now
                 self.store.save_batch(batch)
-                if batch.shape == "openai":
+                if batch.shape in ("openai", "gemini"):
                     self.scheduler.at(terminal_time(batch) or now, "notify", batch.id)
         finally:
             for tmp in (out_tmp, err_tmp):
@@ -498,12 +498,14 @@ class Engine:
         )
 
     def _notify(self, batch_id: str) -> None:
-        """Send the batch event of an OpenAI-shaped batch that has turned terminal."""
+        """Send the batch event of an OpenAI- or Gemini-shaped batch that has turned terminal
+        (each in its provider's event shape)."""
         with self.lock:
             batch = self.store.get_batch(batch_id)
             status = phase(batch, time.time()) if batch is not None else None
+            shape = batch.shape if batch is not None else "openai"
         if status in ENDED:
-            self.webhooks.notify(batch_id, status)
+            self.webhooks.notify(batch_id, status, shape)
 
     def _register_outputs(self, batch, outcome, out_tmp: Path, err_tmp: Path, now: float) -> None:
         html = batch.fault_malformed_output == "html"

@@ -11,6 +11,8 @@ import pytest
 from tests._emulator import openai_client
 from tests._receiver import WebhookReceiver
 from tests.emulator.helpers import create_batch, request_line, wait_batch
+from tests.emulator.test_gemini import MODEL, prompt, wait_job
+from tests.emulator.test_gemini import client as gemini_client
 
 SECRET = "whsec_" + base64.b64encode(b"emulator-batch-webhook-secret-32").decode()
 
@@ -66,3 +68,30 @@ def test_a_bad_secret_is_refused(emulator_factory, secret):
     )
     assert reply.status_code == 400, reply.text
     assert emu.set_webhook(None)["url"] is None
+
+
+def test_gemini_batches_send_gemini_events(emulator_factory):
+    """A Gemini batch's event is the Gemini API's thin envelope (`batch.succeeded|expired|
+    cancelled`, `data.id` the batch's name), with the same Standard Webhooks signing."""
+    emu = emulator_factory(finalizing_delay_s=0.05)
+    gemini = gemini_client(emu)
+    with WebhookReceiver() as rx:
+        emu.set_webhook(rx.url + "/gemini", SECRET)
+        done = gemini.batches.create(model=MODEL, src=[prompt(i) for i in range(3)])
+        wait_job(gemini, done.name)
+        emu.set_faults(expire_next=1, expire_after_fraction=0.5)
+        expired = gemini.batches.create(model=MODEL, src=[prompt(i) for i in range(4)])
+        wait_job(gemini, expired.name)
+        emu.set_timings(processing_rate_rps=1.0)
+        cancelled = gemini.batches.create(model=MODEL, src=[prompt(0)] * 50)
+        gemini.batches.cancel(name=cancelled.name)
+        got = events(rx, 3)
+    by_batch = {e["data"]["id"]: e for e in got}
+    assert by_batch[done.name]["type"] == "batch.succeeded"
+    assert by_batch[expired.name]["type"] == "batch.expired"
+    assert by_batch[cancelled.name]["type"] == "batch.cancelled"
+    for event in got:
+        assert set(event) == {"type", "version", "timestamp", "data"}, event
+        assert event["version"] == "v1" and event["timestamp"].endswith("Z")
+        assert event["data"]["id"].startswith("batches/")
+    assert all(d.path == "/gemini" for d in rx.received)

@@ -1,5 +1,5 @@
 """The metrics exporter and provider webhooks, through a live stack: `batchrelay metrics`,
-real worker and beat processes, the emulator sending OpenAI-style batch webhooks."""
+real worker and beat processes, the emulator sending OpenAI's and Gemini's batch webhooks."""
 
 from __future__ import annotations
 
@@ -79,6 +79,51 @@ def test_provider_webhooks_wake_batches_and_a_scrape_shows_the_run(redis_url, tm
     assert value(scrape, "batchrelay_submit_to_final_seconds_sum") / N < 30
     assert value(scrape, "batchrelay_requests_pending", model="gpt-4o-mini") == 0
     assert value(scrape, "batchrelay_deliveries_due") == 0
+
+
+@pytest.mark.timeout(180)
+def test_gemini_batch_webhooks_wake_gemini_batches(redis_url, tmp_path):
+    """The same for a `kind = "gemini"` profile: the emulator sends the Gemini API's signed
+    `batch.succeeded` event for a Gemini batch, and with a 300 s poll interval its results
+    arrive in seconds."""
+    config = fast_emulator_config(validating_delay_s=0.5, finalizing_delay_s=0.2)
+    with start_emulator(config) as emu, WebhookReceiver() as receiver:
+        profile = {
+            "name": "gem",
+            "kind": "gemini",
+            "base_url": emu.base_url,
+            "models": ["gemini-*"],
+            "webhook_secret": HOOK_SECRET,
+        }
+        settings = relay_settings(
+            redis_url,
+            emu,
+            profile=profile,
+            poll_interval_s=300,
+            poll_max_interval_s=300,
+            tick_s=0.25,
+            lease_s=4,
+        )
+        stack = Stack(settings, tmp_path)
+        producer = BatchRelay(settings)
+        try:
+            with exporter(settings, tmp_path) as metrics:
+                emu.set_webhook(metrics.hook_url("gem"), HOOK_SECRET)
+                stack.start_worker("w1")
+                stack.start_beat()
+                hook = Webhook(receiver.url + "/in")
+                path = "/v1beta/models/gemini-2.5-flash:generateContent"
+                body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+                ids = [producer.submit(path, body, callback=hook) for _ in range(N)]
+                stack.wait_until(lambda: receiver.wait_for(N, 0.01), 60, "webhooks")
+                assert set(receiver.ok_ids()) == set(ids)
+                scrape = metrics.scrape()
+        finally:
+            stack.stop()
+            producer.close()
+    assert value(scrape, "batchrelay_provider_webhooks_total", provider="gem", outcome="due_now")
+    assert value(scrape, "batchrelay_provider_webhooks_total", outcome="refused") == 0
+    assert value(scrape, "batchrelay_submit_to_final_seconds_sum") / N < 30
 
 
 def test_a_scrape_costs_the_same_whatever_the_backlog(redis_url, tmp_path):

@@ -19,6 +19,7 @@ from tests.relay.harness import relay_settings
 SECRET = "whsec_" + base64.b64encode(b"provider-webhook-secret-32-bytes").decode()
 OTHER = "whsec_" + base64.b64encode(b"another-secret-of-thirty-two-by!").decode()
 FAR = 10**13  # a next-poll time far in the future (ms)
+GEM_TAG = "abcdef012345"
 
 
 @pytest.fixture
@@ -28,6 +29,14 @@ def setup(redis_url, tmp_path):
     providers = [
         {"name": "emu", **base, "models": ["gpt-*"], "webhook_secret": SECRET},
         {"name": "plain", **base, "models": ["claude-*"]},
+        {
+            "name": "gem",
+            "kind": "gemini",
+            "base_url": "http://127.0.0.1:9",
+            "api_key": "k",
+            "models": ["gemini-*"],
+            "webhook_secret": SECRET,
+        },
     ]
     settings = relay_settings(redis_url, emu, providers=providers)
     client = redis.Redis.from_url(redis_url)
@@ -35,6 +44,9 @@ def setup(redis_url, tmp_path):
     bid = new_batch_id("0123456789ab")
     client.hset(keys.pbatches("emu"), "batch_ours", bid)
     client.zadd(keys.inflight("0123456789ab"), {bid: FAR})
+    gem = new_batch_id(GEM_TAG)  # a Gemini batch, known by its resource name
+    client.hset(keys.pbatches("gem"), "batches/gem_ours", gem)
+    client.zadd(keys.inflight(GEM_TAG), {gem: FAR})
     with exporter(settings, tmp_path) as metrics:
         yield metrics, client, keys, bid
     client.close()
@@ -116,3 +128,69 @@ def test_other_events_and_other_batches_are_acknowledged_and_left_alone(setup):
     reply = post(metrics, event(batch="batch_of_another_app"), msg_id="wh_b")
     assert reply.status_code == 200 and reply.json()["outcome"] == "not_ours"
     assert client.zscore(keys.inflight("0123456789ab"), bid) == FAR
+
+
+def gemini_event(kind="batch.succeeded", batch="batches/gem_ours") -> dict:
+    """The Gemini API's thin envelope (its webhooks guide, "Webhook envelope")."""
+    return {
+        "type": kind,
+        "version": "v1",
+        "timestamp": "2026-01-22T12:00:00Z",
+        "data": {"id": batch},
+    }
+
+
+def gem_due(client, keys) -> float:
+    return client.zscore(
+        keys.inflight(GEM_TAG), client.hget(keys.pbatches("gem"), "batches/gem_ours")
+    )
+
+
+def test_a_verified_gemini_batch_event_makes_its_batch_due_once(setup):
+    metrics, client, keys, bid = setup
+    reply = post(metrics, gemini_event(), profile="gem", msg_id="gm_1")
+    assert reply.status_code == 200, reply.text
+    assert reply.json() == {"outcome": "due_now", "batch": "batches/gem_ours"}
+    assert gem_due(client, keys) < FAR
+    assert client.zscore(keys.inflight("0123456789ab"), bid) == FAR  # the OpenAI one: untouched
+    client.zadd(
+        keys.inflight(GEM_TAG), {client.hget(keys.pbatches("gem"), "batches/gem_ours"): FAR}
+    )
+    again = post(metrics, gemini_event(), profile="gem", msg_id="gm_1")  # Gemini retrying
+    assert again.json()["outcome"] == "duplicate"
+    assert gem_due(client, keys) == FAR
+    # The guide's sample shows a bare id: it names the same batch.
+    bare = post(metrics, gemini_event(batch="gem_ours"), profile="gem", msg_id="gm_bare")
+    assert bare.json()["outcome"] == "due_now"
+    for kind in ("batch.failed", "batch.expired", "batch.cancelled"):
+        reply = post(metrics, gemini_event(kind), profile="gem", msg_id=f"gm_{kind}")
+        assert reply.json()["outcome"] == "due_now"
+    # OpenAI's event type and other Gemini events are acknowledged and do nothing.
+    for kind in ("batch.completed", "interaction.completed"):
+        reply = post(metrics, gemini_event(kind), profile="gem", msg_id=f"gm_x_{kind}")
+        assert reply.json()["outcome"] == "ignored"
+    reply = post(metrics, gemini_event(batch="batches/other"), profile="gem", msg_id="gm_o")
+    assert reply.json()["outcome"] == "not_ours"
+
+
+@pytest.mark.parametrize("how", ["forged", "300 s old", "duplicate"])
+def test_a_forged_old_or_duplicate_gemini_webhook_changes_nothing(setup, how):
+    metrics, client, keys, _ = setup
+    if how == "duplicate":
+        assert post(metrics, gemini_event(), profile="gem", msg_id="gm_d").status_code == 200
+        client.zadd(
+            keys.inflight(GEM_TAG), {client.hget(keys.pbatches("gem"), "batches/gem_ours"): FAR}
+        )
+        reply = post(metrics, gemini_event(), profile="gem", msg_id="gm_d")
+        assert reply.status_code == 200 and reply.json()["outcome"] == "duplicate"
+    else:
+        kwargs: dict = {"secret": OTHER} if how == "forged" else {}
+        if how == "300 s old":
+            kwargs["at"] = datetime.now(UTC) - timedelta(seconds=301)
+        reply = post(metrics, gemini_event(), profile="gem", msg_id="gm_d", **kwargs)
+        assert reply.status_code == 401, reply.text
+    assert gem_due(client, keys) == FAR
+    if how != "duplicate":  # a refused call is not remembered: the genuine one still counts
+        assert post(metrics, gemini_event(), profile="gem", msg_id="gm_d").json()["outcome"] == (
+            "due_now"
+        )
