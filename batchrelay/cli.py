@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from batchrelay import demo, extras, ops, run, stack
+from batchrelay import costs_cli, demo, extras, ops, run, stack
+from batchrelay.api import command as api_command
 
 # Typer's rich help (0.29, with its vendored click) gives every flag a value type, so each
 # command listed `--help <bool>` and `--json <bool>`; its plain help, as click's, shows none.
@@ -53,6 +54,8 @@ ops.register(app)
 run.register(app)
 stack.register(app)
 demo.register(app)
+costs_cli.register(app)
+api_command.register(app)
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ Whatever a provider would reject for sure is refused here with an exception that
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,8 @@ from batchrelay.producer.keys import fingerprint, group_tag
 
 MAX_METADATA_BYTES = 16 * 1024
 MAX_IDEMPOTENCY_KEY = 255
+# A tenant name is part of Redis keys ({t:<name>}) and of URLs: short, no braces or spaces.
+TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # {"custom_id":"<41>","method":"POST","url":"<endpoint>","body":<body>}\n around the body.
 LINE_OVERHEAD = 50 + 41
 # Anthropic-style batches wrap a body as {"custom_id":"<41>","params":<body>}, plus a comma:
@@ -45,11 +48,19 @@ class Prepared:
     callback_json: bytes
     metadata_json: bytes
     idempotency_key: str
+    tenant: str = ""
+    max_output_tokens: int = 0  # what the body allows the model to write (cost estimates)
 
     @property
     def fingerprint(self) -> str:
         """What an idempotency key is bound to: every field that makes the request."""
         return fingerprint(self.endpoint, self.body_json, self.callback_json, self.metadata_json)
+
+    @property
+    def idem_scope(self) -> str:
+        """The idempotency key as stored: each tenant has its own keys, so two tenants using
+        the same key neither collide nor learn each other's request ids."""
+        return f"{self.tenant}\x00{self.idempotency_key}" if self.tenant else self.idempotency_key
 
 
 class Router:
@@ -122,6 +133,7 @@ class Intake:
         callback: Callback | None = None,
         idempotency_key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        tenant: str | None = None,
     ) -> Prepared:
         if not isinstance(endpoint, str):
             raise errors.UnknownEndpointError(f"endpoint must be a string, got {type(endpoint)}")
@@ -180,7 +192,18 @@ class Intake:
             callback_json=callback_json(validate_callback(callback, self.policy)),
             metadata_json=_metadata_json(metadata),
             idempotency_key=_idempotency_key(idempotency_key),
+            tenant=tenant_name(tenant),
+            max_output_tokens=_max_output_tokens(body),
         )
+
+
+def _max_output_tokens(body: Mapping[str, Any]) -> int:
+    """The body's output token cap under any provider's name for it; 0 when it sets none."""
+    for name in ("max_completion_tokens", "max_output_tokens", "max_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return 0
 
 
 def _check_messages_body(body: Mapping[str, Any]) -> None:
@@ -226,6 +249,18 @@ def _idempotency_key(key: str | None) -> str:
         )
     _require_text("idempotency_key", key)
     return key
+
+
+def tenant_name(tenant: str | None) -> str:
+    """The tenant as stored ("" for none); InvalidRequestError for a name keys cannot hold."""
+    if tenant is None:
+        return ""
+    if not isinstance(tenant, str) or not TENANT_NAME.fullmatch(tenant):
+        raise errors.InvalidRequestError(
+            f"tenant must be 1-64 letters, digits, '_', '.' or '-' (starting with a letter or "
+            f"digit), got {tenant!r}"
+        )
+    return tenant
 
 
 def _require_text(field: str, value: str) -> None:

@@ -1,4 +1,5 @@
-"""Applying provider outcomes to requests, in chunks, through the `settle` Lua command.
+"""Applying provider outcomes to requests, in chunks, through the `settle` Lua command, and
+counting the cost of tenants' final requests (`batchrelay.costs.bill`).
 
 A line for a request that is not (any more) in the batch is ignored by the script, so any
 step here may be repeated after a crash without double effects (docs/architecture.md, promise 3).
@@ -12,7 +13,10 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from batchrelay.producer import commands
+from batchrelay.producer.keys import tag_of
 from batchrelay.worker.context import Relay
+
+from batchrelay.costs import bill
 
 SETTLE_CHUNK = 500
 Row = tuple[str, str, int, bytes]  # request id, outcome, status code, payload
@@ -34,8 +38,11 @@ def settle(relay: Relay, bid: str, pbatch: str, rows: Sequence[Row]) -> Counter[
         served_by=relay.redis.hget(relay.keys.batch(bid), "profile") or b"",
         rows=rows,
     )
-    counts = commands.run(relay.redis, call)
-    return Counter(dict(zip(COUNT_NAMES, counts, strict=True)))
+    counts = Counter(dict(zip(COUNT_NAMES, commands.run(relay.redis, call), strict=True)))
+    if counts["ok"] or counts["fail"]:
+        tag = tag_of(bid)
+        bill(relay.redis, relay.keys, tag, relay.group_meta(tag)["model"])
+    return counts
 
 
 def settle_all(relay: Relay, bid: str, pbatch: str, rows: Iterable[Row]) -> Counter[str]:
