@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict
 from datetime import date
+from http import HTTPStatus
 from typing import Annotated, Any
 
 import redis
@@ -32,10 +33,31 @@ from batchrelay.producer.keys import Keys
 from batchrelay.producer.records import RequestStatus
 
 _bearer = HTTPBearer(auto_error=False, description="A tenant's API key")
-_ERRORS = {
-    code: {"model": schemas.Problem, "content": {PROBLEM_JSON: {}}}
-    for code in (400, 401, 404, 409, 413, 415, 422, 429, 503)
-}
+_PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The problem JSON answers a route documents (`batchrelay.api.problems`)."""
+    return {
+        code: {
+            "description": HTTPStatus(code).phrase,
+            "content": {PROBLEM_JSON: {"schema": _PROBLEM_REF}},
+        }
+        for code in codes
+    }
+
+
+def _with_problem_schema(app: FastAPI) -> None:
+    """Register the Problem schema the error answers refer to."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schema["components"]["schemas"]["Problem"] = schemas.Problem.model_json_schema()
+        return app.openapi_schema or schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _callback(cb: schemas.WebhookCallback | schemas.CeleryTaskCallback | None) -> Any:
@@ -95,9 +117,9 @@ def create_app(settings: Settings, tenants: Tenants) -> FastAPI:
         summary="Single LLM requests in, provider Batch API jobs out, each result back.",
         lifespan=lifespan,
         default_response_class=ORJSONResponse,
-        responses=_ERRORS,
     )
     app.state.tenants = tenants
+    _with_problem_schema(app)
     app.add_middleware(BodyLimits)
     install(app)
 
@@ -111,7 +133,14 @@ def create_app(settings: Settings, tenants: Tenants) -> FastAPI:
             raise errors.RequestNotFoundError(f"request {rid} does not exist")
         return status
 
-    @app.post("/v1/requests", status_code=202, response_model=schemas.Submitted)
+    submit_errors = _errors(400, 401, 409, 413, 415, 422, 429, 503)
+
+    @app.post(
+        "/v1/requests",
+        status_code=202,
+        response_model=schemas.Submitted,
+        responses=submit_errors,
+    )
     async def submit(
         req: schemas.SubmitRequest,
         who: Caller,
@@ -135,7 +164,12 @@ def create_app(settings: Settings, tenants: Tenants) -> FastAPI:
         )
         return {"id": rid, "status": "pending"}
 
-    @app.post("/v1/requests/bulk", status_code=202, response_model=schemas.SubmittedMany)
+    @app.post(
+        "/v1/requests/bulk",
+        status_code=202,
+        response_model=schemas.SubmittedMany,
+        responses=submit_errors,
+    )
     async def submit_many(reqs: list[schemas.SubmitRequest], who: Caller) -> dict[str, Any]:
         """Store up to MAX_BULK requests, all or none (`submit_many`); ids in order."""
         if len(reqs) > schemas.MAX_BULK:
@@ -145,14 +179,19 @@ def create_app(settings: Settings, tenants: Tenants) -> FastAPI:
         ids = await relay().submit_many([_item(r) for r in reqs], tenant=who.name)
         return {"ids": list(ids)}
 
-    @app.get("/v1/requests/{rid}", response_model=schemas.Status)
+    @app.get(
+        "/v1/requests/{rid}", response_model=schemas.Status, responses=_errors(401, 404, 422, 503)
+    )
     async def status(rid: str, who: Caller) -> dict[str, Any]:
         return asdict(await owned(rid, who))
 
     @app.get(
         "/v1/requests/{rid}/result",
         response_model=schemas.Result,
-        responses={202: {"model": schemas.Status, "description": "not final yet"}},
+        responses={
+            202: {"model": schemas.Status, "description": "Not final yet: the status"},
+            **_errors(401, 404, 422, 503),
+        },
     )
     async def result(
         rid: str,
@@ -170,14 +209,18 @@ def create_app(settings: Settings, tenants: Tenants) -> FastAPI:
             return payload
         return ORJSONResponse(asdict(await owned(rid, who)), status_code=202)
 
-    @app.delete("/v1/requests/{rid}", response_model=schemas.Cancelled)
+    @app.delete(
+        "/v1/requests/{rid}",
+        response_model=schemas.Cancelled,
+        responses=_errors(401, 404, 409, 422, 503),
+    )
     async def cancel(rid: str, who: Caller) -> dict[str, str]:
         """Cancel until the request's batch is submitted to the provider; 409 after."""
         await owned(rid, who)
         await relay().cancel(rid)
         return {"id": rid, "status": "cancelled"}
 
-    @app.get("/v1/usage", response_model=schemas.Usage)
+    @app.get("/v1/usage", response_model=schemas.Usage, responses=_errors(401, 422, 503))
     async def usage(who: Caller, since: date | None = None) -> dict[str, Any]:
         """The caller's costs per UTC date and model (as `batchrelay costs`)."""
         day = None if since is None else since.isoformat()
@@ -194,7 +237,7 @@ def create_app(settings: Settings, tenants: Tenants) -> FastAPI:
             "rows": [{k: v for k, v in r.as_json().items() if k in fields} for r in rows],
         }
 
-    @app.get("/healthz", response_model=schemas.Health)
+    @app.get("/healthz", response_model=schemas.Health, responses=_errors(503))
     async def healthz() -> dict[str, str]:
         """200 while Redis answers, else 503."""
         try:
