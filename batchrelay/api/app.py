@@ -12,12 +12,15 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict
 from datetime import date
 from http import HTTPStatus
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
+import orjson
 import redis
 from fastapi import Depends, FastAPI, Header, Query, Request
-from fastapi.responses import ORJSONResponse
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import Field, TypeAdapter, ValidationError
+from starlette.responses import Response
 
 from batchrelay.api import schemas
 from batchrelay.api.limits import BodyLimits
@@ -32,6 +35,7 @@ from batchrelay.producer.core import SubmitItem, unavailable
 from batchrelay.producer.keys import Keys
 from batchrelay.producer.records import RequestStatus
 
+T = TypeVar("T")
 _bearer = HTTPBearer(auto_error=False, description="A tenant's API key")
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 
@@ -54,10 +58,39 @@ def _with_problem_schema(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = build()
-            schema["components"]["schemas"]["Problem"] = schemas.Problem.model_json_schema()
+            components = schema["components"]["schemas"]
+            for model in (schemas.Problem, schemas.SubmitRequest):
+                js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(js.pop("$defs", {}))
+                components[model.__name__] = js
         return app.openapi_schema or schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+_ONE = TypeAdapter(schemas.SubmitRequest)
+_MANY = TypeAdapter(Annotated[list[schemas.SubmitRequest], Field(min_length=1)])
+_REF_SUBMIT = {"$ref": "#/components/schemas/SubmitRequest"}
+
+
+async def _parse(request: Request, adapter: TypeAdapter[T]) -> T:
+    """The JSON body, parsed and checked by pydantic-core in one pass (FastAPI's own body
+    handling parses with the json module first, several times slower for a bulk)."""
+    try:
+        return adapter.validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI requestBody of a route that parses its body itself."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def _json(data: dict[str, Any], status: int) -> Response:
+    """A JSON answer written by orjson, skipping FastAPI's response-model pass (the data
+    is the model's already)."""
+    return Response(orjson.dumps(data), status, media_type="application/json")
 
 
 def _callback(cb: schemas.WebhookCallback | schemas.CeleryTaskCallback | None) -> Any:
@@ -78,7 +111,7 @@ def _item(req: schemas.SubmitRequest, idempotency_key: str | None = None) -> Sub
     )
 
 
-def caller(
+async def caller(
     request: Request,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Tenant:
@@ -116,7 +149,6 @@ def create_app(settings: Settings, tenants: Tenants) -> FastAPI:
         version="1",
         summary="Single LLM requests in, provider Batch API jobs out, each result back.",
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
     )
     app.state.tenants = tenants
     _with_problem_schema(app)
@@ -140,13 +172,15 @@ def create_app(settings: Settings, tenants: Tenants) -> FastAPI:
         status_code=202,
         response_model=schemas.Submitted,
         responses=submit_errors,
+        openapi_extra=_body(_REF_SUBMIT),
     )
     async def submit(
-        req: schemas.SubmitRequest,
+        request: Request,
         who: Caller,
         idempotency_key: Annotated[str | None, Header()] = None,
     ) -> dict[str, str]:
         """Store one request; the `Idempotency-Key` header is the body's idempotency_key."""
+        req = await _parse(request, _ONE)
         if idempotency_key and req.idempotency_key and idempotency_key != req.idempotency_key:
             raise HTTPProblem(
                 400,
@@ -162,22 +196,26 @@ def create_app(settings: Settings, tenants: Tenants) -> FastAPI:
             metadata=item.metadata,
             tenant=who.name,
         )
-        return {"id": rid, "status": "pending"}
+        return _json({"id": rid, "status": "pending"}, 202)
 
     @app.post(
         "/v1/requests/bulk",
         status_code=202,
         response_model=schemas.SubmittedMany,
         responses=submit_errors,
+        openapi_extra=_body(
+            {"type": "array", "items": _REF_SUBMIT, "minItems": 1, "maxItems": schemas.MAX_BULK}
+        ),
     )
-    async def submit_many(reqs: list[schemas.SubmitRequest], who: Caller) -> dict[str, Any]:
-        """Store up to MAX_BULK requests, all or none (`submit_many`); ids in order."""
+    async def submit_many(request: Request, who: Caller) -> Any:
+        """Store 1 to MAX_BULK requests, all or none (`submit_many`); ids in order."""
+        reqs = await _parse(request, _MANY)
         if len(reqs) > schemas.MAX_BULK:
             raise HTTPProblem(
                 413, f"{len(reqs)} items; a bulk submit takes at most {schemas.MAX_BULK}"
             )
         ids = await relay().submit_many([_item(r) for r in reqs], tenant=who.name)
-        return {"ids": list(ids)}
+        return _json({"ids": list(ids)}, 202)
 
     @app.get(
         "/v1/requests/{rid}", response_model=schemas.Status, responses=_errors(401, 404, 422, 503)
@@ -207,7 +245,7 @@ def create_app(settings: Settings, tenants: Tenants) -> FastAPI:
         (payload,) = await relay().results([rid])
         if payload is not None:
             return payload
-        return ORJSONResponse(asdict(await owned(rid, who)), status_code=202)
+        return _json(asdict(await owned(rid, who)), 202)
 
     @app.delete(
         "/v1/requests/{rid}",

@@ -107,7 +107,7 @@ def for_error(exc: errors.BatchRelayError) -> Response:
 def _validation(exc: RequestValidationError) -> Response:
     """FastAPI's body validation: unparsable JSON is a 400, JSON of the wrong shape a 422."""
     first = exc.errors()[0]
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    loc = [f"[{p}]" if isinstance(p, int) else str(p) for p in first.get("loc", ()) if p != "body"]
     field = ".".join(loc).replace(".[", "[") or None
     if first.get("type") == "json_invalid":
         return problem(400, f"the request body is not valid JSON: {first.get('msg')}")
