@@ -49,14 +49,14 @@ echo "check-compose: using $("${COMPOSE[@]}" version 2>/dev/null | head -n 1)"
 # ENV_FILE points the services' env_file at .env.example: no .env is created or needed.
 # Run with a clean environment for compose's variables so the shell cannot hide a mistake.
 compose() {
-  env -u FLOWER_BASIC_AUTH -u REDIS_HOST_PORT -u FLOWER_HOST_PORT -u EMULATOR_HOST_PORT \
+  env -u FLOWER_BASIC_AUTH -u REDIS_HOST_PORT -u FLOWER_HOST_PORT -u EMULATOR_HOST_PORT -u API_HOST_PORT \
     ENV_FILE="$ENV_EXAMPLE" "${COMPOSE[@]}" -f "$FILE" "$@"
 }
 
 compose --env-file "$ENV_EXAMPLE" config -q || die "$FILE is not valid (compose config)"
 services="$(compose --env-file "$ENV_EXAMPLE" config --services | sort | tr '\n' ' ')"
-[ "$services" = "beat emulator flower redis worker " ] \
-  || die "unexpected services: $services (want beat emulator flower redis worker)"
+[ "$services" = "api beat emulator flower redis worker " ] \
+  || die "unexpected services: $services (want api beat emulator flower redis worker)"
 
 # --- 3. Flower must refuse to start without credentials -----------------------------------
 no_auth="$(mktemp)"

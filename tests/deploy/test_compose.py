@@ -29,7 +29,7 @@ from tests.deploy._compose import (
 )
 from tests.deploy.conftest import settings_for
 
-SERVICES = {"redis", "worker", "beat", "flower", "emulator"}
+SERVICES = {"redis", "worker", "beat", "flower", "emulator", "api"}
 APP_SERVICES = SERVICES - {"redis"}
 CHAT = "/v1/chat/completions"
 
@@ -87,7 +87,7 @@ def test_compose_services_and_their_promises():
         assert svc["image"] == "batchrelay:local", name
         assert svc["env_file"] == ENV_EXAMPLE.name, name
         assert "container_name" not in svc, name
-    for name in ("worker", "beat", "flower"):
+    for name in ("worker", "beat", "flower", "api"):
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
 
     worker = services["worker"]
@@ -106,7 +106,11 @@ def test_compose_services_and_their_promises():
     assert service_command(services["emulator"]) == shlex.split(
         "batchrelay emulator --host 0.0.0.0 --port 8089"
     )
-    for name, port in (("flower", 5555), ("emulator", 8089)):
+    assert service_command(services["api"]) == shlex.split(
+        "batchrelay serve --host 0.0.0.0 --port 8080"
+    )
+    assert "/healthz" in services["api"]["healthcheck"]["test"][-1]
+    for name, port in (("flower", 5555), ("emulator", 8089), ("api", 8080)):
         (published,) = services[name]["ports"]
         assert published.startswith("127.0.0.1:") and published.endswith(f":{port}"), published
 
