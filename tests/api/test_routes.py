@@ -109,16 +109,19 @@ def test_cross_tenant_ids_are_404(api: Api):
 
 
 def test_cancel_then_409_once_submitted(api: Api, alpha):
-    rid = alpha.post("/v1/requests", json=chat_request("cancel me")).json()["id"]
+    # a model of its own: no other test's request makes its group flush early
+    own = chat_request("cancel me")
+    own["body"]["model"] = "gpt-4.1-nano"
+    rid = alpha.post("/v1/requests", json=own).json()["id"]
     resp = alpha.delete(f"/v1/requests/{rid}")
     assert resp.status_code == 200 and resp.json() == {"id": rid, "status": "cancelled"}
     assert alpha.get(f"/v1/requests/{rid}/result").json()["status"] == "cancelled"
 
     api.emulator.set_timings(validating_delay_s=5)  # the batch stays at the provider a while
     try:
-        rid = alpha.post("/v1/requests", json=chat_request("too late")).json()["id"]
+        rid = alpha.post("/v1/requests", json=own).json()["id"]
         deadline = time.monotonic() + 20
-        while not validating(api):
+        while not at_provider(api, alpha.get(f"/v1/requests/{rid}").json()["batch_id"]):
             assert time.monotonic() < deadline, "the request's batch was never submitted"
             time.sleep(0.05)
         body = problem(alpha.delete(f"/v1/requests/{rid}"), 409)
@@ -127,13 +130,17 @@ def test_cancel_then_409_once_submitted(api: Api, alpha):
         api.emulator.set_timings(validating_delay_s=0.5)
 
 
-def validating(api: Api) -> bool:
-    """Whether the emulator holds a batch created and not yet past validation."""
+def at_provider(api: Api, batch_id: str | None) -> bool:
+    """Whether the emulator holds the provider batch created for our batch `batch_id`."""
+    if batch_id is None:
+        return False
     listed = httpx.get(
         api.emulator.openai_base_url + "/batches",
         headers={"Authorization": f"Bearer {api.emulator.api_key}"},
+        params={"limit": 100},
     ).json()
-    return any(b["status"] == "validating" for b in listed["data"])
+    ours = [b for b in listed["data"] if (b.get("metadata") or {}).get("batchrelay_batch")]
+    return any(b["metadata"]["batchrelay_batch"] == batch_id for b in ours)
 
 
 def test_auth_401(api: Api):

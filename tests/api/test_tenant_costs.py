@@ -70,3 +70,17 @@ def test_a_bad_tenant_name_is_refused(api: Api):
 
     with BatchRelay(api.settings) as producer, pytest.raises(InvalidRequestError, match="tenant"):
         producer.submit(CHAT, chat("x"), tenant="{slot}")
+
+
+def test_serve_without_tenants_exits_78_naming_the_setting(api: Api):
+    env = {k: v for k, v in api.env.items() if k != "BATCHRELAY_TENANTS"}
+    out = subprocess.run(
+        [sys.executable, "-m", "batchrelay", "serve", "--port", "1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 78
+    assert "BATCHRELAY_TENANTS is not set" in out.stderr
