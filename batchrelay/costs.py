@@ -5,7 +5,8 @@ totals in Redis, and those totals read back (`batchrelay costs`, `GET /v1/usage`
 the worker right after each settle) prices the request's usage with the price table (batch
 and synchronous prices) and sends one `spend` per tenant and day. `spend` counts a request
 only while it is still in the tenant's `open` set, so draining a bill twice (a crash after
-`spend`, before the bill entries are removed) counts each request once.
+`spend`, before the bill entries are removed) counts each request once; a crash before
+`bill` leaves the entries to the group's next settle.
 """
 
 from __future__ import annotations
