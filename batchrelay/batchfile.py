@@ -1,5 +1,5 @@
 """Reading a batch input file for `batchrelay run`: OpenAI batch lines, Anthropic request lines,
-Mistral lines or one Anthropic `{"requests": [...]}` document.
+Mistral lines, Gemini lines or one Anthropic `{"requests": [...]}` document.
 
 `scan` streams the file, checks every line (format, unique custom_id, and what `submit()`
 would refuse) and fingerprints it, so nothing is submitted if any line is bad; `entries`
@@ -25,6 +25,7 @@ ANTHROPIC_ENDPOINT = MESSAGES_ENDPOINT
 OPENAI_FIELDS = frozenset({"custom_id", "method", "url", "body"})
 ANTHROPIC_FIELDS = frozenset({"custom_id", "params"})
 MISTRAL_FIELDS = frozenset({"custom_id", "body"})
+GEMINI_FIELDS = frozenset({"key", "request"})
 # A Mistral line names no endpoint (its job does): the body's telling parameter decides.
 MISTRAL_ENDPOINTS = {
     "messages": "/v1/chat/completions",
@@ -75,17 +76,39 @@ class Line:
     custom_id: str
     endpoint: str
     body: dict[str, Any]
-    kind: Literal["openai", "anthropic", "mistral"]
+    kind: Literal["openai", "anthropic", "mistral", "gemini"]
+
+
+def parse_gemini(where: str, obj: dict[str, Any]) -> Line:
+    """A Gemini batch line `{key, request}`: the request names its model in `request.model`
+    (as google-genai's inline requests do); `content` makes it an embedContent request."""
+    key, body = obj.get("key"), obj.get("request")
+    if not isinstance(key, str) or not key:
+        raise LineError("needs 'key', a non-empty string")
+    if not isinstance(body, dict):
+        raise LineError("'request' must be a JSON object (the Gemini API request)")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.removeprefix("models/"):
+        raise LineError("a Gemini line's 'request' needs 'model', e.g. \"gemini-2.5-flash\"")
+    method = "embedContent" if "content" in body and "contents" not in body else "generateContent"
+    endpoint = f"/v1beta/models/{model.removeprefix('models/')}:{method}"
+    unknown = sorted(obj.keys() - GEMINI_FIELDS)
+    if unknown:
+        raise LineError(f"unknown field(s) {unknown} in a Gemini request line")
+    return Line(where, key, endpoint, body, "gemini")
 
 
 def parse_entry(where: str, obj: Any) -> Line:
     """An OpenAI batch line `{custom_id, method, url, body}`, an Anthropic request
-    `{custom_id, params}` (endpoint /v1/messages) or a Mistral line `{custom_id, body}`
-    (endpoint from the body, see MISTRAL_ENDPOINTS); `LineError` says what is wrong."""
+    `{custom_id, params}` (endpoint /v1/messages), a Mistral line `{custom_id, body}`
+    (endpoint from the body, see MISTRAL_ENDPOINTS) or a Gemini line `{key, request}` (its
+    key is the custom_id); `LineError` says what is wrong."""
     if isinstance(obj, _Unreadable):
         raise LineError(obj.reason)
     if not isinstance(obj, dict):
         raise LineError(f"must be a JSON object, got {type(obj).__name__}")
+    if "request" in obj and "custom_id" not in obj:
+        return parse_gemini(where, obj)
     custom_id = obj.get("custom_id")
     if not isinstance(custom_id, str) or not custom_id:
         raise LineError("needs 'custom_id', a non-empty string")
@@ -118,7 +141,8 @@ def parse_entry(where: str, obj: Any) -> Line:
     else:
         raise LineError(
             "neither an OpenAI batch line {custom_id, method, url, body}, an Anthropic "
-            "request {custom_id, params} nor a Mistral line {custom_id, body}"
+            "request {custom_id, params}, a Mistral line {custom_id, body} nor a Gemini line "
+            "{key, request}"
         )
     unknown = sorted(obj.keys() - allowed)
     if unknown:

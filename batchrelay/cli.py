@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from batchrelay import costs_cli, demo, extras, ops, run, stack
+from batchrelay import costs_cli, demo, extras, metrics_cli, ops, run, stack
 from batchrelay.api import command as api_command
 
 # Typer's rich help (0.29, with its vendored click) gives every flag a value type, so each
@@ -51,6 +51,7 @@ def emulator(
 
 
 ops.register(app)
+metrics_cli.register(app)
 run.register(app)
 stack.register(app)
 demo.register(app)

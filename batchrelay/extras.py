@@ -19,6 +19,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "uvicorn": "emulator",
     "python_multipart": "emulator",
     "flower": "flower",
+    "prometheus_client": "metrics",
 }
 
 

@@ -1,4 +1,5 @@
-"""`batchrelay run FILE`: a whole OpenAI, Anthropic or Mistral batch input file through the relay.
+"""`batchrelay run FILE`: a whole OpenAI, Anthropic, Mistral or Gemini batch input file through
+the relay.
 
 The steps are plain functions so they can be tested without a terminal; they use only the
 producer's public API (no Redis key is read here):

@@ -46,6 +46,10 @@ if TYPE_CHECKING:  # the emulator (FastAPI, uvicorn) is imported only when a sta
 
 PROFILE = "emulator"  # the emulator's OpenAI routes
 ANTHROPIC_PROFILE = "emulator-anthropic"  # its Anthropic message batches, at its root URL
+MISTRAL_PROFILE = "emulator-mistral"  # its Mistral batch jobs, under /mistral
+MISTRAL_MODEL_PREFIXES = ("mistral-", "open-mistral-", "ministral-", "codestral-")
+GEMINI_PROFILE = "emulator-gemini"  # its Gemini Batch Mode, at its root URL (/v1beta/...)
+GEMINI_MODEL_PREFIXES = ("gemini-",)
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 20.0
 LOG_TAIL_CHARS = 3000
@@ -447,11 +451,15 @@ class EmbeddedStack:
 
 def emulator_profiles(emulator: EmulatorHandle) -> list[dict[str, Any]]:
     """Provider profiles for everything the emulator serves, with its own model globs: its
-    OpenAI models at its OpenAI routes, its `claude-*` models at its Anthropic routes. So a
+    OpenAI models at its OpenAI routes, its `claude-*` models at its Anthropic routes, its
+    Mistral models at its Mistral routes, its `gemini-*` models at its Gemini routes. So a
     model it does not know is refused at submit(), as in production."""
     models = emulator.config.models
     anthropic = [glob for glob in models if glob.startswith("claude")]
-    openai = [glob for glob in models if glob not in anthropic]
+    mistral = [glob for glob in models if glob.startswith(MISTRAL_MODEL_PREFIXES)]
+    gemini = [glob for glob in models if glob.startswith(GEMINI_MODEL_PREFIXES)]
+    others = {*anthropic, *mistral, *gemini}
+    openai = [glob for glob in models if glob not in others]
     shared = {"api_key": emulator.api_key}
     profiles = [
         {"name": PROFILE, "base_url": emulator.openai_base_url, "models": openai, **shared},
@@ -460,6 +468,20 @@ def emulator_profiles(emulator: EmulatorHandle) -> list[dict[str, Any]]:
             "kind": "anthropic",
             "base_url": emulator.anthropic_base_url,
             "models": anthropic,
+            **shared,
+        },
+        {
+            "name": MISTRAL_PROFILE,
+            "kind": "mistral",
+            "base_url": emulator.mistral_base_url,
+            "models": mistral,
+            **shared,
+        },
+        {
+            "name": GEMINI_PROFILE,
+            "kind": "gemini",
+            "base_url": emulator.gemini_base_url,
+            "models": gemini,
             **shared,
         },
     ]

@@ -2,11 +2,11 @@
 that kind is filled in.
 
 A kind is a wire protocol (`openai` for OpenAI and its resellers, `azure`, `anthropic` for
-Anthropic-style message batches, `mistral` for Mistral batch jobs). The profile settings
-(defaults and checks), intake and `batchrelay run` all read these facts, so a provider
-changing a limit is a change here only. Adding a kind is one `ProviderKind` here, its name
-in `settings.Kind` and an adapter in `worker.providers.ADAPTERS` (a test checks the three
-agree).
+Anthropic-style message batches, `mistral` for Mistral batch jobs, `gemini` for the Gemini
+Developer API's Batch Mode). The profile settings (defaults and checks), intake and
+`batchrelay run` all read these facts, so a provider changing a limit is a change here only.
+Adding a kind is one `ProviderKind` here, its name in `settings.Kind` and an adapter in
+`worker.providers.ADAPTERS` (a test checks the three agree).
 """
 
 from __future__ import annotations
@@ -33,6 +33,10 @@ MISTRAL_ENDPOINTS = (
     "/v1/fim/completions",
     "/v1/moderations",
 )
+# Gemini's endpoints are methods of a model: a request's path names the model
+# (`/v1beta/models/{model}:generateContent`), intake takes the model from it and groups by
+# the method alone.
+GEMINI_ENDPOINTS = ("generateContent", "embedContent")
 # OpenAI and Anthropic finish a batch within 24 hours or expire it.
 COMPLETION_WINDOWS: Mapping[str, int] = MappingProxyType({"24h": DAY_S})
 # Longer windows some providers accept: whole days up to a week.
@@ -182,8 +186,27 @@ MISTRAL = ProviderKind(
     file_settings=frozenset({"extra_upload_fields"}),
 )
 
+GEMINI = ProviderKind(
+    name="gemini",
+    endpoints=GEMINI_ENDPOINTS,
+    # Google states no request count per batch; this is our default, not a provider limit.
+    max_requests_per_batch=100_000,
+    # The JSONL input file; batches under the 20 MB create limit travel inline instead.
+    max_bytes_per_batch=2 * 1024 * MB,
+    max_line_bytes=20 * MB,
+    auth_style="x-goog-api-key",
+    # The adapter uploads an input file itself, inside `create`, only for batches too large to
+    # send inline; Google keeps files 48 h whatever the upload asks, so no file settings.
+    uploads_files=False,
+    file_expiry_s=None,
+    own_settings=frozenset({"api_version"}),
+    defaults=MappingProxyType({"api_version": "v1beta", "completion_window": "48h"}),
+    # A batch still pending or running after 48 hours is EXPIRED.
+    completion_windows=MappingProxyType({"48h": 2 * DAY_S}),
+)
+
 KINDS: Mapping[str, ProviderKind] = MappingProxyType(
-    {k.name: k for k in (OPENAI, AZURE, ANTHROPIC, MISTRAL)}
+    {k.name: k for k in (OPENAI, AZURE, ANTHROPIC, MISTRAL, GEMINI)}
 )
 # Every kind-specific profile setting, whichever kind has it.
 KIND_SETTINGS = frozenset().union(*(k.settings for k in KINDS.values()))

@@ -1,8 +1,8 @@
 """Model prices for the cost table of `batchrelay run`: USD per 1M tokens and the batch discount.
 
-The defaults are list prices of common OpenAI, Anthropic and Mistral models (synchronous API,
-standard tier, as published in 2025); providers change them, so any entry can be overridden or added
-without a release, from the environment or the TOML file the rest of the settings come from:
+The defaults are list prices of common OpenAI, Anthropic, Mistral and Gemini models (synchronous
+API, standard tier, as published in 2025); providers change them, so any entry can be overridden or
+added without a release, from the environment or the TOML file the rest of the settings come from:
 
     BATCHRELAY_PRICES='{"gpt-4o": {"input": 2.5, "output": 10}, "my-model": {"input": 1}}'
 
@@ -114,6 +114,13 @@ DEFAULT_PRICES: dict[str, ModelPrice] = {
     "pixtral-large": _p(2.0, 6.0),
     "mistral-embed": _p(0.10),
     "mistral-moderation": _p(0.10),
+    # Google Gemini (prompts up to 200k tokens; longer ones cost more on the Pro models)
+    "gemini-2.5-pro": _p(1.25, 10.0),
+    "gemini-2.5-flash": _p(0.30, 2.50),
+    "gemini-2.5-flash-lite": _p(0.10, 0.40),
+    "gemini-2.0-flash": _p(0.10, 0.40),
+    "gemini-2.0-flash-lite": _p(0.075, 0.30),
+    "gemini-embedding-001": _p(0.15),
 }
 
 

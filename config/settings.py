@@ -49,8 +49,8 @@ DEFAULT_CHARS_PER_TOKEN = 4.0
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
-Kind = Literal["openai", "azure", "anthropic", "mistral"]
-AuthStyle = Literal["bearer", "x-api-key", "api-key"]
+Kind = Literal["openai", "azure", "anthropic", "mistral", "gemini"]
+AuthStyle = Literal["bearer", "x-api-key", "api-key", "x-goog-api-key"]
 VendorName = Literal["openai", "groq", "together"]
 
 
@@ -89,6 +89,14 @@ class ProviderProfile(BaseModel):
     max_batches_in_flight: PositiveInt | None = None
     enqueued_token_budget: dict[str, PositiveInt] = Field(default_factory=dict)
     token_estimates: dict[str, PositiveFloat | str] = Field(default_factory=dict)
+    # Signing secret of the provider's batch event webhooks (OpenAI's project webhook) that
+    # `POST /v1/provider-webhooks/<name>` verifies; unset, that route refuses every call.
+    webhook_secret: SecretStr | None = None
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None else _check_webhook_secret(value)
 
     @model_validator(mode="before")
     @classmethod

@@ -7,6 +7,8 @@ Paths served:
   /together/v1/...                          Together AI's OpenAI-style batches
   /v1/messages/batches...                   Anthropic
   /mistral/v1/files..., /mistral/v1/batch/jobs...  Mistral
+  /v1beta/..., /upload/..., /download/...   Gemini
+  /v1/... with a Google API key             Gemini (GeminiPathMiddleware)
   <anthropic_batches_path>...               Anthropic, as a reseller serves it
   /_emulator/...                            admin
 """
@@ -23,9 +25,15 @@ from batchrelay.emulator.routes_anthropic import (
     PREFIX_SCOPE_KEY,
     anthropic_router,
 )
+from batchrelay.emulator.routes_gemini import (
+    ORIGINAL_PATH_KEY,
+    VERSION_SCOPE_KEY,
+    gemini_routers,
+)
 from batchrelay.emulator.routes_mistral import PREFIX as MISTRAL_PREFIX
 from batchrelay.emulator.routes_mistral import mistral_router
 from batchrelay.emulator.routes_openai import openai_router
+from batchrelay.emulator.webhooks import webhook_router
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -105,17 +113,58 @@ class ResellerPathMiddleware:
         return anthropic, replay
 
 
+GEMINI_PREFIXES = ("/v1beta/", "/upload/", "/download/")
+
+
+def _google_keyed(scope: Scope) -> bool:
+    """A call carrying a Google API key (header or `key=` query), as every Gemini call does."""
+    headers = scope.get("headers", [])
+    query = scope.get("query_string", b"")
+    return any(k.lower() == b"x-goog-api-key" for k, _ in headers) or (
+        query.startswith(b"key=") or b"&key=" in query
+    )
+
+
 def path_shape(path: str) -> Shape:
     """The error envelope of the provider a path belongs to."""
+    if path.startswith(GEMINI_PREFIXES):
+        return "gemini"
     if path.startswith("/v1/messages"):
         return "anthropic"
     return "mistral" if path.startswith(MISTRAL_PREFIX + "/") else "openai"
 
 
-def _route_shape(request: Request) -> Shape:
-    if PREFIX_SCOPE_KEY in request.scope:
+def scope_shape(scope: Scope) -> Shape:
+    """The error envelope of the provider a call belongs to: a Google API key or a rewritten
+    Gemini /v1/ path makes it Gemini's, a reseller prefix Anthropic's, else its path decides."""
+    if VERSION_SCOPE_KEY in scope or _google_keyed(scope):
+        return "gemini"
+    if PREFIX_SCOPE_KEY in scope:
         return "anthropic"
-    return path_shape(request.url.path)
+    return path_shape(scope.get(ORIGINAL_PATH_KEY, scope.get("path", "")))
+
+
+def _route_shape(request: Request) -> Shape:
+    return scope_shape(request.scope)
+
+
+class GeminiPathMiddleware:
+    """Gemini's /v1/ paths collide with OpenAI's (/v1/batches, /v1/files/...): a /v1/ call with
+    a Google API key goes to the Gemini routes (served at /v1beta/), which remember the
+    version it asked for."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path.startswith("/v1/") and _google_keyed(scope):
+            scope = dict(scope)
+            scope["path"] = "/v1beta/" + path[len("/v1/") :]
+            scope["raw_path"] = scope["path"].encode()
+            scope[VERSION_SCOPE_KEY] = "v1"
+            scope[ORIGINAL_PATH_KEY] = path
+        await self.app(scope, receive, send)
 
 
 class LostReplyMiddleware:
@@ -139,7 +188,7 @@ class LostReplyMiddleware:
             pass
 
         await self.app(scope, receive, swallow)
-        body = server_error_body(path_shape(path), 500)
+        body = server_error_body(scope_shape(scope), 500)
         await ApiError(500, "injected: reply lost", body=body).to_response()(scope, receive, send)
 
 
@@ -170,10 +219,14 @@ def create_app(engine: Engine) -> FastAPI:
         return ApiError(500, f"Emulator error: {exc!r}", shape=shape).to_response()
 
     app.include_router(admin_router())
+    app.include_router(webhook_router())
     app.include_router(anthropic_router())
+    for prefix, router in gemini_routers():
+        app.include_router(router, prefix=prefix)
     app.include_router(mistral_router())
     for mount, flavor in OPENAI_MOUNTS.items():
         app.include_router(openai_router(flavor), prefix=mount)
     app.add_middleware(ResellerPathMiddleware, prefix=engine.config.anthropic_batches_path)
+    app.add_middleware(GeminiPathMiddleware)
     app.add_middleware(LostReplyMiddleware, engine=engine)  # outermost: sees the original path
     return app

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MB = 1024 * 1024
@@ -45,6 +45,7 @@ DEFAULT_MODELS = [
     "open-mistral-*",
     "ministral-*",
     "codestral-*",
+    "gemini-*",
 ]
 
 
@@ -146,8 +147,15 @@ class EmulatorConfig(BaseSettings):
     # A Mistral create body (inline `requests`) larger than this is refused with 413; Mistral
     # publishes no such limit, so this is the emulator's own bound on what it reads.
     max_mistral_body_bytes: int = Field(64 * MB, ge=1)
+    # Gemini: the create call (inline requests) must stay under 20 MB; files hold up to 2 GB.
+    max_gemini_body_bytes: int = Field(20 * MB, ge=1)
+    max_gemini_file_bytes: int = Field(2048 * MB, ge=1)
 
     faults: Faults = Field(default_factory=Faults)
+
+    # OpenAI-style batch event webhooks (emulator/webhooks.py); also set at run time.
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
 
     def timings(self) -> Timings:
         return Timings(

@@ -13,12 +13,18 @@ import threading
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from batchrelay.emulator.config import EmulatorConfig, Timings
 from batchrelay.emulator.faults import FaultState
-from batchrelay.emulator.lifecycle import TERMINAL, cancel_plan, phase, plan_run
-from batchrelay.emulator.results import write_anthropic_results, write_openai_results
+from batchrelay.emulator.gemini_views import gemini_state
+from batchrelay.emulator.lifecycle import TERMINAL, cancel_plan, phase, plan_run, terminal_time
+from batchrelay.emulator.results import (
+    write_anthropic_results,
+    write_gemini_results,
+    write_openai_results,
+)
 from batchrelay.emulator.scheduler import Scheduler
 from batchrelay.emulator.store import BatchRecord, FileRecord, Store, random_id
 from batchrelay.emulator.validation import (
@@ -29,9 +35,24 @@ from batchrelay.emulator.validation import (
     validate_input,
 )
 from batchrelay.emulator.views import anthropic_status
+from batchrelay.emulator.webhooks import BatchWebhooks, WebhookTarget
 
 OUTPUT_FILE_LIFETIME_S = 30 * 86400
+# Gemini: a batch still pending or running after 48 h expires; files are kept 48 h.
+GEMINI_WINDOW_S = 2 * 86400
+GEMINI_FILE_LIFETIME_S = 2 * 86400
+# Purposes that mark the Files API's files as Gemini's (uploads, and responses files).
+GEMINI_UPLOAD_PURPOSE = "gemini_upload"
+GEMINI_OUTPUT_PURPOSE = "gemini_output"
 ENDED = set(TERMINAL.values()) | {"failed"}
+
+
+@dataclass
+class GeminiUnfinished:
+    """What an expired or cancelled Gemini batch leaves: counts, and no results."""
+
+    counts: dict[str, int]
+    usage: dict[str, int] = field(default_factory=dict)
 
 
 class CancelConflict(Exception):
@@ -59,6 +80,9 @@ class Engine:
         self._busy: dict[str, set[str]] = {"validate": set(), "finish": set()}
         self._counters: Counter[str] = Counter()
         self._counter_lock = threading.Lock()
+        self.webhooks = BatchWebhooks(
+            WebhookTarget(url=config.webhook_url, secret=config.webhook_secret)
+        )
 
     @property
     def lock(self) -> threading.RLock:
@@ -79,6 +103,7 @@ class Engine:
 
     def close(self) -> None:
         self.scheduler.stop()
+        self.webhooks.close()
         self.store.close()
 
     def count(self, name: str, n: int = 1) -> None:
@@ -99,9 +124,10 @@ class Engine:
         internal: bool = False,
         prefix: str = "file-",
         serves_html: bool = False,
+        file_id: str | None = None,
     ) -> FileRecord:
         record = FileRecord(
-            id=random_id(prefix),
+            id=file_id or random_id(prefix),
             filename=filename,
             purpose=purpose,
             bytes=size,
@@ -121,16 +147,23 @@ class Engine:
         now = time.time()
         plan = self.faults.draw_batch_plan(validates=shape == "openai")
         timings = self.timings
-        prefix = "batch_" if shape == "openai" else "msgbatch_"
+        ids = {
+            "openai": lambda: "batch_" + secrets.token_hex(16),
+            "anthropic": lambda: random_id("msgbatch_", 24),
+            "gemini": lambda: secrets.token_hex(12),
+        }
+        window_s = {"azure": None, "gemini": GEMINI_WINDOW_S}.get(
+            flavor, timings.completion_window_s
+        )
         return BatchRecord(
-            id=prefix + (secrets.token_hex(16) if shape == "openai" else random_id("", 24)),
+            id=ids[shape](),
             shape=shape,
             flavor=flavor,
             created_at=now,
             validating_delay_s=timings.validating_delay_s,
             rate_rps=timings.processing_rate_rps,
             finalizing_delay_s=timings.finalizing_delay_s,
-            window_s=None if flavor == "azure" else timings.completion_window_s,
+            window_s=window_s,
             fault_validation_code=plan.validation_code,
             fault_expire_fraction=plan.expire_fraction,
             fault_stuck_s=plan.stuck_s,
@@ -227,6 +260,45 @@ class Engine:
         self.scheduler.at(batch.run_end_at or batch.created_at, "finish", batch.id)
         return batch
 
+    def create_gemini_batch(
+        self,
+        *,
+        method: str,
+        model: str,
+        display_name: str,
+        total: int,
+        inline_spool: Path | None = None,
+        file_id: str | None = None,
+    ) -> BatchRecord:
+        """A Gemini batch of inline requests (spooled as JSONL, kept internal) or of an
+        uploaded file; it is PENDING for the validating delay, then runs."""
+        if inline_spool is not None:
+            file_id = self.add_file(
+                inline_spool,
+                filename="requests.jsonl",
+                purpose="batch",
+                size=inline_spool.stat().st_size,
+                expires_at=None,
+                internal=True,
+                prefix="geminireq-",
+            ).id
+        assert file_id is not None
+        batch = self._new_batch(
+            "gemini",
+            "gemini",
+            input_file_id=file_id,
+            endpoint=method,
+            display_name=display_name,
+            inline=inline_spool is not None,
+            model=model,
+        )
+        batch.total = total
+        plan_run(batch, batch.created_at + batch.validating_delay_s)
+        self.store.save_batch(batch)
+        self.count("batches_created.gemini")
+        self.scheduler.at(batch.run_end_at or batch.created_at, "finish", batch.id)
+        return batch
+
     # Cancel and delete.
 
     def cancel(self, batch_id: str, shape: str) -> BatchRecord | None:
@@ -262,11 +334,27 @@ class Engine:
                     self.store.delete_file(file_id)
             return True
 
+    def delete_gemini(self, batch_id: str) -> bool:
+        """Forget a Gemini batch (a running one stops); an uploaded input file stays, as does
+        a responses file (Files are kept 48 h on their own)."""
+        with self.lock:
+            batch = self.store.get_batch(batch_id)
+            if batch is None or batch.shape != "gemini":
+                return False
+            self.store.delete_batch(batch_id)
+            if batch.inline:
+                for file_id in (batch.input_file_id, batch.output_file_id):
+                    if file_id:
+                        self.store.delete_file(file_id)
+            return True
+
     # Jobs.
 
     def _job(self, action: str, batch_id: str) -> None:
         if action == "validate":
             self._validate(batch_id)
+        elif action == "notify":
+            self._notify(batch_id)
         else:
             self._finish(batch_id)
 
@@ -343,6 +431,7 @@ class Engine:
                     errors = [batch_error("token_limit_exceeded", message)]
             if errors:
                 batch.failed_at, batch.errors = now, errors
+                self.webhooks.notify(batch.id, "failed")
             else:
                 batch.total = result.total
                 batch.planned_failures = result.planned_failures
@@ -369,6 +458,8 @@ class Engine:
                     outcome = write_openai_results(
                         snapshot, source, out_tmp, err_tmp, embedding_dim=self.config.embedding_dim
                     )
+                elif snapshot.shape == "gemini":
+                    outcome = self._gemini_outcome(snapshot, source, out_tmp)
                 else:
                     outcome = write_anthropic_results(
                         snapshot,
@@ -386,6 +477,8 @@ class Engine:
                     batch.counts, batch.usage = outcome.counts, outcome.usage
                 batch.files_written_at = now
                 self.store.save_batch(batch)
+                if batch.shape == "openai":
+                    self.scheduler.at(terminal_time(batch) or now, "notify", batch.id)
         finally:
             for tmp in (out_tmp, err_tmp):
                 with contextlib.suppress(FileNotFoundError):
@@ -393,8 +486,41 @@ class Engine:
             with self.lock:
                 self._busy["finish"].discard(batch_id)
 
+    def _gemini_outcome(self, batch: BatchRecord, source: Path, out_tmp: Path):
+        """Results of a Gemini batch that ran to the end; one that expired or was cancelled
+        has none (its requests count as pending)."""
+        if batch.run_end_kind == "done":
+            return write_gemini_results(
+                batch, source, out_tmp, embedding_dim=self.config.embedding_dim
+            )
+        return GeminiUnfinished(
+            counts={"requestCount": batch.total, "pendingRequestCount": batch.total}
+        )
+
+    def _notify(self, batch_id: str) -> None:
+        """Send the batch event of an OpenAI-shaped batch that has turned terminal."""
+        with self.lock:
+            batch = self.store.get_batch(batch_id)
+            status = phase(batch, time.time()) if batch is not None else None
+        if status in ENDED:
+            self.webhooks.notify(batch_id, status)
+
     def _register_outputs(self, batch, outcome, out_tmp: Path, err_tmp: Path, now: float) -> None:
         html = batch.fault_malformed_output == "html"
+        if batch.shape == "gemini":
+            if isinstance(outcome, GeminiUnfinished):
+                return
+            batch.output_file_id = self.add_file(
+                out_tmp,
+                filename=f"batch-{batch.id}",
+                purpose=GEMINI_OUTPUT_PURPOSE,
+                size=out_tmp.stat().st_size,
+                expires_at=int(now) + GEMINI_FILE_LIFETIME_S,
+                internal=True,
+                serves_html=html,
+                file_id=f"batch-{batch.id}",
+            ).id
+            return
         if batch.shape == "anthropic":
             results = self.add_file(
                 out_tmp,
@@ -445,19 +571,21 @@ class Engine:
 
     def stats(self) -> dict:
         now = time.time()
-        by_status: dict[str, Counter[str]] = {"openai": Counter(), "anthropic": Counter()}
+        by_status: dict[str, Counter[str]] = {
+            "openai": Counter(),
+            "anthropic": Counter(),
+            "gemini": Counter(),
+        }
+        status_of = {"openai": phase, "anthropic": anthropic_status, "gemini": gemini_state}
         with self.lock:
             for batch in self.store.batches.values():
-                status = (
-                    phase(batch, now) if batch.shape == "openai" else anthropic_status(batch, now)
-                )
-                by_status[batch.shape][status] += 1
+                by_status[batch.shape][status_of[batch.shape](batch, now)] += 1
             files = len(self.store.list_files())
         with self._counter_lock:
             counters = dict(self._counters)
         created = {
             flavor: counters.get(f"batches_created.{flavor}", 0)
-            for flavor in ("openai", "azure", "anthropic", "mistral", "groq", "together")
+            for flavor in ("openai", "azure", "anthropic", "mistral", "groq", "together", "gemini")
         }
         return {
             "batches_created": {**created, "total": sum(created.values())},

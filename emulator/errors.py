@@ -8,7 +8,7 @@ from typing import Literal
 import orjson
 from fastapi import Response
 
-Shape = Literal["openai", "anthropic", "mistral"]
+Shape = Literal["openai", "anthropic", "mistral", "gemini"]
 
 ANTHROPIC_TYPES = {
     400: "invalid_request_error",
@@ -30,6 +30,34 @@ OPENAI_SERVER_MESSAGES = {
     503: ("The server is overloaded or not ready yet.", None),
     529: ("The server is overloaded.", None),
 }
+
+
+# google.rpc.Code names by HTTP status, as Google APIs answer them.
+GOOGLE_STATUSES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ALREADY_EXISTS",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+    529: "UNAVAILABLE",
+}
+GOOGLE_SERVER_MESSAGES = {
+    429: "Resource has been exhausted (e.g. check quota).",
+    500: "An internal error has occurred. Please retry or report in "
+    "https://developers.generativeai.google/guide/troubleshooting",
+    503: "The model is overloaded. Please try again later.",
+}
+
+
+def google_error(status: int, message: str, code: str | None = None) -> dict:
+    """A google.rpc.Status in Google's error envelope; `code` overrides the status name."""
+    name = code or GOOGLE_STATUSES.get(status, "UNKNOWN")
+    return {"error": {"code": status, "message": message, "status": name}}
 
 
 def request_id() -> str:
@@ -65,6 +93,9 @@ INJECTED_400 = "Invalid request: this request was failed on purpose by the emula
 
 def server_error_body(shape: Shape, status: int) -> dict:
     """Envelope of an injected failure (HTTP faults on API calls, failed batch requests)."""
+    if shape == "gemini":
+        message = INJECTED_400 if status == 400 else None
+        return google_error(status, message or GOOGLE_SERVER_MESSAGES.get(status, "Unavailable"))
     if shape == "anthropic":
         messages = {
             400: INJECTED_400,
@@ -113,6 +144,8 @@ class ApiError(Exception):
         req_id = request_id()
         if self.body is not None:
             body = self.body
+        elif self.shape == "gemini":
+            body = google_error(self.status, self.message, self.code)
         elif self.shape == "anthropic":
             body = anthropic_error(self.status, self.message, req_id)
         elif self.shape == "mistral":

@@ -15,8 +15,10 @@ from typing import BinaryIO
 
 import orjson
 from batchrelay.emulator.content import HANDLERS, Ctx, anthropic_message
-from batchrelay.emulator.errors import anthropic_error, server_error_body
+from batchrelay.emulator.errors import anthropic_error, google_error, server_error_body
 from batchrelay.emulator.faults import digest_fails, line_digest
+from batchrelay.emulator.gemini_content import reply as gemini_reply
+from batchrelay.emulator.gemini_content import request_problem
 from batchrelay.emulator.lifecycle import NEVER_RAN
 from batchrelay.emulator.store import BatchRecord
 from batchrelay.emulator.validation import normalize_endpoint
@@ -62,8 +64,11 @@ class OutputWriter:
     copy of it under a custom_id that was never sent. `lines` counts the real results only.
     """
 
-    def __init__(self, writer: ShuffledWriter, batch: BatchRecord) -> None:
+    def __init__(
+        self, writer: ShuffledWriter, batch: BatchRecord, id_field: str = "custom_id"
+    ) -> None:
         self._writer = writer
+        self._id_field = id_field
         self._kind = batch.fault_malformed_output
         self._pending = self._kind in ("unparseable_line", "unknown_custom_id")
         self._extra_key = line_digest(batch.id, "\0unknown").hex()
@@ -80,7 +85,7 @@ class OutputWriter:
             self._writer.write(raw[: _text_cut(raw)] + b"\n")
             return
         self._writer.write(raw)
-        extra = {**line, "custom_id": "unknown-" + self._extra_key[:16]}
+        extra = {**line, self._id_field: "unknown-" + self._extra_key[:16]}
         if "id" in extra:
             extra["id"] = "batch_req_" + self._extra_key
         self._writer.write(orjson.dumps(extra) + b"\n")
@@ -256,3 +261,54 @@ def write_anthropic_results(
         truncate_mid_line(out_path)
     usage = _usage(input_tokens, output_tokens)
     return Outcome(counts=counts, usage=usage, output_lines=out_file.lines)
+
+
+def gemini_entry(obj: dict) -> tuple[dict, object]:
+    """(what identifies the result, the request) of one Gemini input: a file line
+    `{"key", "request"}`, an inline entry `{"request", "metadata"}`, or a bare request line
+    (the REST docs' upload example); results carry `key` and `metadata` back unchanged."""
+    ident = {k: obj[k] for k in ("key", "metadata") if k in obj}
+    return ident, obj.get("request", obj)
+
+
+def write_gemini_results(
+    batch: BatchRecord, src: Path, out_path: Path, *, embedding_dim: int
+) -> Outcome:
+    """Results of a batch that ran to the end, in input order (Gemini keeps it): a `response`
+    or an `error` (a google.rpc.Status) per request. Expired and cancelled batches have none."""
+    fraction, status = batch.fault_error_fraction, batch.fault_error_status
+    start, rate = batch.in_progress_at or batch.created_at, batch.rate_rps
+    input_tokens = output_tokens = failed = 0
+    with open(out_path, "wb") as out_fh:
+        # One line per chunk: never shuffled, so results keep the input order.
+        out_file = ShuffledWriter(out_fh, _seed(batch), chunk=1)
+        out = OutputWriter(out_file, batch, id_field="key")
+        for i, obj in enumerate(_requests(src)):
+            ident, request = gemini_entry(obj)
+            digest = line_digest(batch.id, orjson.dumps(ident).decode())
+            problem = request_problem(batch.endpoint, request)
+            if problem is None and fraction > 0 and digest_fails(digest, fraction):
+                problem = (status, server_error_body("gemini", status)["error"]["message"])
+            if problem is not None:
+                failed += 1
+                out.write({**ident, "error": google_error(*problem)["error"]}, success=False)
+                continue
+            assert isinstance(request, dict)
+            ctx = Ctx(digest.hex(), int(start + i / rate), embedding_dim)
+            answer = gemini_reply(batch.endpoint, request, batch.model or "", ctx)
+            input_tokens += answer.input_tokens
+            output_tokens += answer.output_tokens
+            out.write({**ident, "response": answer.body})
+        out_file.flush()
+    if batch.fault_malformed_output == "truncated":
+        truncate_mid_line(out_path)
+    return Outcome(
+        counts={
+            "requestCount": batch.total,
+            "successfulRequestCount": batch.total - failed,
+            "failedRequestCount": failed,
+            "pendingRequestCount": 0,
+        },
+        usage=_usage(input_tokens, output_tokens),
+        output_lines=out_file.lines,
+    )

@@ -89,6 +89,11 @@ class EmulatorHandle:
         return self.base_url
 
     @property
+    def gemini_base_url(self) -> str:
+        """The host a Gemini profile or `google.genai` client names (paths start /v1beta)."""
+        return self.base_url
+
+    @property
     def api_key(self) -> str:
         return self.config.api_keys[0]
 
@@ -108,6 +113,10 @@ class EmulatorHandle:
 
     def set_timings(self, **changes: object) -> dict:
         return self._call("PATCH", "/timings", changes)
+
+    def set_webhook(self, url: str | None, secret: str | None = None) -> dict:
+        """Where OpenAI-style batch events go (None: nowhere), signed with `secret`."""
+        return self._call("PUT", "/webhook", {"url": url, "secret": secret})
 
     def stats(self) -> dict:
         return self._call("GET", "/stats")

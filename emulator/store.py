@@ -47,16 +47,19 @@ class BatchRecord(BaseModel):
     """One batch of either shape: what was asked, the plan drawn at creation, and outcomes."""
 
     id: str
-    shape: Literal["openai", "anthropic"]
-    flavor: Literal["openai", "azure", "anthropic", "mistral", "groq", "together"]
+    shape: Literal["openai", "anthropic", "gemini"]
+    flavor: Literal["openai", "azure", "anthropic", "mistral", "groq", "together", "gemini"]
     endpoint: str
     input_file_id: str
     completion_window: str = "24h"
     metadata: dict[str, str] | None = None
-    # Mistral: the files the job was created from, or True when its requests came inline.
+    # Mistral: the files the job was created from. Mistral and Gemini: whether the requests
+    # came inline (Gemini: so do the results).
     input_files: list[str] = Field(default_factory=list)
     inline: bool = False
     output_expires_after_s: int | None = None
+    # Gemini: the batch's displayName.
+    display_name: str = ""
     created_at: float
     seq: int = 0
     # Plan, fixed at creation.

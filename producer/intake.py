@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 from batchrelay.config import ProviderProfile, Settings
-from batchrelay.config.kinds import MESSAGES_ENDPOINT
+from batchrelay.config.kinds import GEMINI_ENDPOINTS, MESSAGES_ENDPOINT
 from batchrelay.producer import errors
 from batchrelay.producer.callbacks import (
     Callback,
@@ -33,6 +33,8 @@ LINE_OVERHEAD = 50 + 41
 # Anthropic-style batches wrap a body as {"custom_id":"<41>","params":<body>}, plus a comma:
 # fewer bytes than LINE_OVERHEAD + the endpoint, so `line_bytes` also bounds the create body.
 MESSAGES = MESSAGES_ENDPOINT
+# A Gemini request names its model in the path: /v1beta/models/{model}:{method} (or /v1/...).
+GEMINI_PATH = re.compile(r"/(?:v1|v1beta)/models/([A-Za-z0-9][A-Za-z0-9._-]*):([A-Za-z]+)")
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,12 @@ class Prepared:
 
     @property
     def fingerprint(self) -> str:
-        """What an idempotency key is bound to: every field that makes the request."""
-        return fingerprint(self.endpoint, self.body_json, self.callback_json, self.metadata_json)
+        """What an idempotency key is bound to: every field that makes the request. A Gemini
+        body does not name its model (the path does), so the fingerprint must."""
+        body = self.body_json
+        if self.endpoint in GEMINI_ENDPOINTS:
+            body = self.model.encode() + b"\x00" + body
+        return fingerprint(self.endpoint, body, self.callback_json, self.metadata_json)
 
     @property
     def idem_scope(self) -> str:
@@ -142,7 +148,10 @@ class Intake:
             raise errors.InvalidRequestError(
                 f"body must be a JSON object (a dict), got {type(body).__name__}"
             )
-        model = body.get("model")
+        if endpoint in GEMINI_ENDPOINTS or endpoint.startswith(("/v1/models/", "/v1beta/models/")):
+            endpoint, model = _gemini_route(endpoint, body)
+        else:
+            model = body.get("model")
         if model is None or model == "":
             raise errors.MissingModelError(
                 f"body has no 'model'; a batch request must name its model ({endpoint})"
@@ -204,6 +213,31 @@ def _max_output_tokens(body: Mapping[str, Any]) -> int:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return 0
+
+
+def _gemini_route(path: str, body: Mapping[str, Any]) -> tuple[str, str]:
+    """(method, model) of a Gemini request path; its model lives in the path, so a body that
+    names another model is refused rather than silently overridden."""
+    match = GEMINI_PATH.fullmatch(path)
+    if match is None or match.group(2) not in GEMINI_ENDPOINTS:
+        raise errors.UnknownEndpointError(
+            f"endpoint {path!r}: a Gemini request is submitted to its model's path, "
+            "/v1beta/models/{model}:generateContent or :embedContent (or /v1/...)"
+        )
+    model, method = match.group(1), match.group(2)
+    named = body.get("model")
+    if named is not None and named not in (model, f"models/{model}"):
+        raise errors.InvalidRequestError(
+            f"body 'model' {named!r} differs from the model in the path ({model!r}); "
+            "leave it out or make them agree"
+        )
+    if method == "generateContent":
+        contents = body.get("contents")
+        if not isinstance(contents, list) or not contents:
+            raise errors.InvalidRequestError(f"body 'contents' must be a non-empty list for {path}")
+    elif not isinstance(body.get("content"), Mapping):
+        raise errors.InvalidRequestError(f"body 'content' must be an object for {path}")
+    return method, model
 
 
 def _check_messages_body(body: Mapping[str, Any]) -> None:

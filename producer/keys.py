@@ -26,6 +26,12 @@ Request and batch ids embed the tag, so a key can be found from an id alone.
     {p}:idem:{sha256(key)}      string "rid fingerprint" of an idempotency key (see `idem`)
     {p}:done:{tag}              pubsub channel: space-separated ids of requests just made final
 
+Counters the workers keep for the metrics exporter (see batchrelay/metrics_store.py):
+
+    {p}:metrics:counters        hash   JSON [name, label values...] -> count
+    {p}:metrics:histograms      hash   JSON [name, bucket bound | "sum" | "count"] -> value
+    {p}:pwh:{webhook-id}        string a provider webhook already taken (dedupe)
+
 A provider profile's keys are shared by every group and worker that sends batches to it. They
 carry the tag `{pf:<profile>}`, so the `reserve` script may touch them together:
 
@@ -178,6 +184,17 @@ class Keys:
 
     def done(self, tag: str) -> str:
         return f"{self.prefix}:done:{tag}"
+
+    @property
+    def metric_counters(self) -> str:
+        return f"{self.prefix}:metrics:counters"
+
+    @property
+    def metric_histograms(self) -> str:
+        return f"{self.prefix}:metrics:histograms"
+
+    def provider_webhook(self, webhook_id: str) -> str:
+        return f"{self.prefix}:pwh:{hashlib.sha256(webhook_id.encode()).hexdigest()[:32]}"
 
     def _pf(self, profile: str) -> str:
         return f"{self.prefix}:{{pf:{profile}}}"

@@ -136,13 +136,30 @@ def status_from_fields(
     )
 
 
+def response_usage(body: Any) -> dict[str, Any] | None:
+    """A response's `usage`; Gemini's `usageMetadata` in the same words (input_tokens,
+    output_tokens, total_tokens; thinking tokens count as output, as Google bills them)."""
+    if not isinstance(body, dict):
+        return None
+    meta = body.get("usageMetadata")
+    if "usage" in body or not isinstance(meta, dict):
+        return body.get("usage")
+    output = sum(int(meta.get(k) or 0) for k in ("candidatesTokenCount", "thoughtsTokenCount"))
+    prompt = int(meta.get("promptTokenCount") or 0)
+    return {
+        "input_tokens": prompt,
+        "output_tokens": output,
+        "total_tokens": int(meta.get("totalTokenCount") or prompt + output),
+    }
+
+
 def result_payload(rid: str, group: dict[str, str], values: list[bytes | None]) -> dict[str, Any]:
     """The JSON a callback receives for a final request (values in RESULT_FIELDS order)."""
     f = dict(zip(RESULT_FIELDS, values, strict=True))
     state = _s(f["state"])
     body = _j(f["result"])
     status_code = _i(f["status_code"])
-    usage = body.get("usage") if isinstance(body, dict) else None
+    usage = response_usage(body)
     return {
         "type": f"request.{state}",
         "id": rid,

@@ -7,7 +7,9 @@
 #    .env.example, exactly as `docker compose up` would.
 # 2. The same file against the current Compose Specification JSON schema (the one vendored by
 #    check-jsonschema, installed with pip into a private venv), which knows the newest keys.
-# 3. Flower stays behind auth: the file must be refused when FLOWER_BASIC_AUTH is missing.
+# 3. Flower and Grafana stay behind auth: the file must be refused when FLOWER_BASIC_AUTH or
+#    GRAFANA_ADMIN_PASSWORD is missing.
+# 4. The monitoring files it mounts exist: deploy/prometheus.yml and deploy/grafana/.
 #
 # Idempotent: a second run installs nothing.
 set -euo pipefail
@@ -49,22 +51,34 @@ echo "check-compose: using $("${COMPOSE[@]}" version 2>/dev/null | head -n 1)"
 # ENV_FILE points the services' env_file at .env.example: no .env is created or needed.
 # Run with a clean environment for compose's variables so the shell cannot hide a mistake.
 compose() {
-  env -u FLOWER_BASIC_AUTH -u REDIS_HOST_PORT -u FLOWER_HOST_PORT -u EMULATOR_HOST_PORT -u API_HOST_PORT \
+  env -u FLOWER_BASIC_AUTH -u GRAFANA_ADMIN_PASSWORD -u EMULATOR_WEBHOOK_SECRET \
+    -u REDIS_HOST_PORT -u FLOWER_HOST_PORT -u EMULATOR_HOST_PORT -u API_HOST_PORT -u METRICS_HOST_PORT \
+    -u PROMETHEUS_HOST_PORT -u GRAFANA_HOST_PORT \
     ENV_FILE="$ENV_EXAMPLE" "${COMPOSE[@]}" -f "$FILE" "$@"
 }
 
 compose --env-file "$ENV_EXAMPLE" config -q || die "$FILE is not valid (compose config)"
 services="$(compose --env-file "$ENV_EXAMPLE" config --services | sort | tr '\n' ' ')"
-[ "$services" = "api beat emulator flower redis worker " ] \
-  || die "unexpected services: $services (want api beat emulator flower redis worker)"
+want="api beat emulator flower grafana metrics prometheus redis worker "
+[ "$services" = "$want" ] || die "unexpected services: $services (want $want)"
 
-# --- 3. Flower must refuse to start without credentials -----------------------------------
+# --- 3. Flower and Grafana must refuse to start without credentials -----------------------
 no_auth="$(mktemp)"
 trap 'rm -f "$no_auth"' EXIT
-grep -v '^FLOWER_BASIC_AUTH=' "$ENV_EXAMPLE" >"$no_auth"
-if compose --env-file "$no_auth" config -q >/dev/null 2>&1; then
-  die "$FILE accepted a configuration without FLOWER_BASIC_AUTH: Flower would run unprotected"
-fi
+for var in FLOWER_BASIC_AUTH GRAFANA_ADMIN_PASSWORD; do
+  grep -v "^$var=" "$ENV_EXAMPLE" >"$no_auth"
+  if compose --env-file "$no_auth" config -q >/dev/null 2>&1; then
+    die "$FILE accepted a configuration without $var: it would run unprotected"
+  fi
+done
+
+# --- 4. the monitoring files the services mount ---------------------------------------------
+for path in deploy/prometheus.yml deploy/grafana/provisioning/datasources/prometheus.yml \
+  deploy/grafana/provisioning/dashboards/batchrelay.yml deploy/grafana/dashboards/batchrelay.json; do
+  [ -f "$path" ] || die "$path is missing (mounted by $FILE)"
+done
+python3 -c 'import json, sys; json.load(open(sys.argv[1]))' deploy/grafana/dashboards/batchrelay.json \
+  || die "deploy/grafana/dashboards/batchrelay.json is not valid JSON"
 
 # --- 2. the current Compose Specification schema ------------------------------------------
 if ! "$CACHE/venv/bin/check-jsonschema" --version 2>/dev/null \

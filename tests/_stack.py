@@ -29,10 +29,7 @@ def settings_env(settings: Any) -> dict[str, str]:
         if value is None:
             continue
         if name == "providers":
-            value = [
-                {**p, "api_key": settings.profile(p["name"]).api_key.get_secret_value()}
-                for p in value
-            ]
+            value = [{**p, **_secret_fields(settings.profile(p["name"]))} for p in value]
         if name == "redis_url":
             value = settings.redis_url.get_secret_value()
         if name == "webhook_secrets":
@@ -41,6 +38,14 @@ def settings_env(settings: Any) -> dict[str, str]:
         env[f"BATCHRELAY_{name.upper()}"] = text
     env["PYTHONPATH"] = str(ROOT)
     return env
+
+
+def _secret_fields(profile: Any) -> dict[str, str]:
+    """A profile's secret values in clear (`model_dump` masks them)."""
+    secrets = {"api_key": profile.api_key.get_secret_value()}
+    if profile.webhook_secret is not None:
+        secrets["webhook_secret"] = profile.webhook_secret.get_secret_value()
+    return secrets
 
 
 class Stack:

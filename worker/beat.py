@@ -1,4 +1,5 @@
-"""RedBeat, made to wait for Redis instead of exiting, and to keep its password out of sight.
+"""RedBeat, made to wait for Redis instead of exiting, to keep its password out of sight, and
+to send a dispatcher task only when its work is due (`worker/dispatch.py`, promise 11).
 
 RedBeat keeps the schedule and a lock in Redis, so a second beat is a safe standby. Stock
 RedBeat exits when Redis is unreachable at start, briefly unreachable later, or still
@@ -16,9 +17,12 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
+from batchrelay.worker.celery_app import relay_of
+from batchrelay.worker.dispatch import PROBES
 from celery import Celery
 from kombu.exceptions import OperationalError
 from redbeat import RedBeatScheduler
+from redbeat.schedulers import RedBeatSchedulerEntry as ScheduleEntry
 from redbeat.schedulers import acquire_distributed_beat_lock, ensure_conf
 from redis.exceptions import ConnectionError, TimeoutError
 
@@ -54,6 +58,18 @@ class ResilientRedBeatScheduler(RedBeatScheduler):
         except UNAVAILABLE as exc:
             self._unavailable("tick skipped", exc)
             return RETRY_S
+
+    def maybe_due(self, entry: ScheduleEntry, **kwargs: Any) -> float:
+        """Send the entry's task when due, unless it is a dispatcher with nothing to do: then
+        the entry is only advanced, so it comes round again next tick. A Redis error while
+        asking skips the tick (see `tick`)."""
+        probe = PROBES.get(entry.task)
+        if probe is not None:
+            is_due, next_time_to_run = entry.is_due()
+            if is_due and not probe(relay_of(self.app)):
+                self.reserve(entry)
+                return next_time_to_run
+        return super().maybe_due(entry, **kwargs)
 
     def _unavailable(self, what: str, exc: Exception) -> None:
         log.warning(

@@ -30,6 +30,14 @@ MISSING = orjson.dumps(
         "body": None,
     }
 )
+# A batch that ended early names why its unrun requests have no result (Gemini writes none).
+NEVER_RAN = {
+    status: orjson.dumps({"code": code, "message": message, "status_code": None, "body": None})
+    for status, code, message in (
+        ("expired", "batch_expired", "the batch expired before this request ran"),
+        ("cancelled", "batch_cancelled", "the batch was cancelled before this request ran"),
+    )
+}
 TOKEN_LIMIT = "token_limit_exceeded"
 GONE = frozenset({404, 410})
 
@@ -66,7 +74,8 @@ def collect_batch(relay: Relay, bid: str) -> Counter[str]:
                 unreadable = True
             settled = sum(counts[k] for k in ("ok", "fail", "retry", "requeue"))
             if settled < int(rec.get("n") or 0):
-                counts += settle_all(relay, bid, pb.id, _missing(relay, bid, "retry", MISSING))
+                why = NEVER_RAN.get(pb.status, MISSING)
+                counts += settle_all(relay, bid, pb.id, _missing(relay, bid, "retry", why))
         finish(relay, bid, pb, counts)
         capacity.release(relay, rec["profile"], rec["model"], bid)
         if relay.settings.delete_provider_files and not unreadable:

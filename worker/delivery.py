@@ -23,6 +23,8 @@ from batchrelay.producer.records import RESULT_FIELDS, result_payload
 from batchrelay.worker.context import Relay
 from batchrelay.worker.senders import SENDERS, DeliveryAttempt, SendContext, SendTask
 
+from batchrelay import metrics_store
+
 log = logging.getLogger(__name__)
 
 DELIVERY_FIELDS = (*RESULT_FIELDS, "dstate", "dattempts")
@@ -87,7 +89,11 @@ def deliver_one(ctx: SendContext, rid: str, leased_until_ms: int) -> str:
         relay.redis.zrem(relay.keys.deliver(tag), rid)
         return "skipped"
     attempt = SENDERS[callback.kind](ctx, rid, callback, payload)
-    return _record(relay, rid, int(fields["dattempts"] or 0) + 1, attempt)
+    outcome = _record(relay, rid, int(fields["dattempts"] or 0) + 1, attempt)
+    metrics_store.count("batchrelay_webhook_attempts_total", outcome)
+    if outcome == "delivered":
+        metrics_store.observe_delivered(payload, relay.now())
+    return outcome
 
 
 def _take(relay: Relay, tag: str, rid: str, leased_until_ms: int) -> bool:

@@ -104,20 +104,26 @@ def candidates(relay: Relay, group: Group) -> list[ProviderProfile] | None:
         return None
 
 
+def group_due(relay: Relay, group: Group, chain: list[ProviderProfile], now: int) -> bool:
+    """Whether the group should be packed now: judged by its first candidate with room, and
+    never while no candidate has room (a claim could go nowhere)."""
+    for profile in chain:
+        if capacity.room(relay, profile, group.model) is not None:
+            return flush_due(relay, group, profile, now)
+    return False
+
+
 def claim_first(
     relay: Relay, group: Group, chain: list[ProviderProfile], now: int, *, flushing: bool
 ) -> str | None:
     """Claim one batch for the first candidate with room for at least one request. Unless
     `flushing`, only when the group is due, judged by the first candidate with room."""
-    judged = flushing
+    if not flushing and not group_due(relay, group, chain, now):
+        return None
     for profile in chain:
         tokens = capacity.room(relay, profile, group.model)
         if tokens is None:
             continue
-        if not judged:
-            if not flush_due(relay, group, profile, now):
-                return None
-            judged = True
         bid = claim(relay, group, profile, now, due_now=flushing, max_tokens=tokens)
         if bid is not None:
             return bid
@@ -129,17 +135,32 @@ def aggregate(relay: Relay, now: int | None = None) -> list[str]:
     batch ids."""
     now = relay.now() if now is None else now
     claimed: list[str] = []
-    for group in relay.groups():
-        pipe = relay.redis.pipeline(transaction=False)
-        pipe.exists(relay.keys.backoff(group.tag))
-        pipe.zcard(relay.keys.pending(group.tag))
-        backoff, pending = pipe.execute()
-        if backoff or not pending:
-            continue
+    for group in packable(relay):
         chain = candidates(relay, group)
         while chain and (bid := claim_first(relay, group, chain, now, flushing=False)):
             claimed.append(bid)
     return claimed
+
+
+def packable(relay: Relay) -> list[Group]:
+    """Groups with requests pending and not backed off, found with one pipelined read."""
+    groups = relay.groups()
+    pipe = relay.redis.pipeline(transaction=False)
+    for group in groups:
+        pipe.exists(relay.keys.backoff(group.tag))
+        pipe.zcard(relay.keys.pending(group.tag))
+    replies = pipe.execute()
+    return [g for i, g in enumerate(groups) if not replies[2 * i] and replies[2 * i + 1]]
+
+
+def any_due(relay: Relay, now: int | None = None) -> bool:
+    """Whether `aggregate` would claim something now (what beat asks before sending it)."""
+    now = relay.now() if now is None else now
+    for group in packable(relay):
+        chain = candidates(relay, group)
+        if chain and group_due(relay, group, chain, now):
+            return True
+    return False
 
 
 def flush(relay: Relay, tags: set[str] | None = None) -> list[str]:

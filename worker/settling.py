@@ -16,6 +16,7 @@ from batchrelay.producer import commands
 from batchrelay.producer.keys import tag_of
 from batchrelay.worker.context import Relay
 
+from batchrelay import metrics_store
 from batchrelay.costs import bill
 
 SETTLE_CHUNK = 500
@@ -39,6 +40,8 @@ def settle(relay: Relay, bid: str, pbatch: str, rows: Sequence[Row]) -> Counter[
         rows=rows,
     )
     counts = Counter(dict(zip(COUNT_NAMES, commands.run(relay.redis, call), strict=True)))
+    metrics_store.count("batchrelay_requests_total", "succeeded", n=counts["ok"])
+    metrics_store.count("batchrelay_requests_total", "failed", n=counts["fail"])
     if counts["ok"] or counts["fail"]:
         tag = tag_of(bid)
         bill(relay.redis, relay.keys, tag, relay.group_meta(tag)["model"])

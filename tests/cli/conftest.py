@@ -103,6 +103,13 @@ def live(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Live]:
                 "api_key": emu.api_key,
                 "models": ["claude-*"],
             },
+            {
+                "name": "gemini",
+                "kind": "gemini",
+                "base_url": emu.base_url,
+                "api_key": emu.api_key,
+                "models": ["gemini-*"],
+            },
         ]
         settings = relay_settings(redis_url, emu, providers=providers)
         env = settings_env(settings)

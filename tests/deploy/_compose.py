@@ -34,7 +34,7 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 
 # Container ports of the services other services reach by host name.
-CONTAINER_PORTS = {"redis": 6379, "emulator": 8089, "flower": 5555}
+CONTAINER_PORTS = {"redis": 6379, "emulator": 8089, "flower": 5555, "metrics": 9108}
 
 _VAR = re.compile(r"\$\{(?P<name>\w+)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}|\$(?P<bare>\w+)")
 
@@ -220,9 +220,9 @@ class ComposeRun:
     def command(self, name: str) -> list[str]:
         """The service's command, made local: its program from this venv, loopback ports."""
         command = service_command(self.service(name))
-        if name == "emulator":
+        if name in ("emulator", "metrics"):
             command = with_option(command, "--host", "127.0.0.1")
-        if name in ("emulator", "flower"):
+        if name in ("emulator", "flower", "metrics"):
             command = with_option(command, "--port", str(self.ports[name]))
         return [executable(command[0]), *command[1:]]
 

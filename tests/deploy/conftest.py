@@ -27,13 +27,14 @@ def compose_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeRun
     run = ComposeRun(tmp_path_factory.mktemp("compose"), overrides=FAST)
     try:
         run.start_redis()
-        for name in ("emulator", "worker", "beat", "flower"):
+        for name in ("emulator", "worker", "beat", "flower", "metrics"):
             run.start(name)
         run.start("beat-standby", "beat")  # `docker compose up --scale beat=2`
         run.wait_until(
             lambda: run.http_ok(run.url("emulator", "/_emulator/health")), 60, "emulator"
         )
         run.wait_until(lambda: run.http_ok(run.url("flower", "/healthcheck")), 60, "flower")
+        run.wait_until(lambda: run.http_ok(run.url("metrics", "/metrics")), 60, "metrics")
         run.wait_until(lambda: "ready." in run.log("worker"), 60, "the worker to be ready")
         yield run
     finally:

@@ -187,3 +187,40 @@ def test_a_body_just_under_the_limit_is_read(emulator, auth):
     )
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "input_file_id"
+
+
+def test_gemini_bodies_are_bounded_with_googles_answer(emulator_factory):
+    """Gemini's create and upload routes read through the same bounds; Google answers an
+    oversized payload with 400 INVALID_ARGUMENT, and a chunk past an upload's declared size
+    ends the upload session."""
+    emu = emulator_factory(max_gemini_body_bytes=MB)
+    key = {"x-goog-api-key": emu.api_key}
+    body = b'{"batch": {"displayName": "' + b"x" * MB + b'"}}'
+    create = "/v1beta/models/gemini-2.5-flash:batchGenerateContent"
+    response = httpx.post(
+        emu.base_url + create, content=body, headers={**key, "content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "code": 400,
+        "message": "Request payload size exceeds the limit: 1048576 bytes.",
+        "status": "INVALID_ARGUMENT",
+    }
+    start = httpx.post(
+        emu.base_url + "/upload/v1beta/files",
+        json={"file": {"displayName": "in.jsonl"}},
+        headers={
+            **key,
+            "x-goog-upload-protocol": "resumable",
+            "x-goog-upload-command": "start",
+            "x-goog-upload-header-content-length": "10",
+        },
+    )
+    url = start.headers["x-goog-upload-url"]
+    finalize = {"x-goog-upload-command": "upload, finalize", "x-goog-upload-offset": "0"}
+    over = httpx.post(url, content=b"x" * 11, headers=finalize)
+    assert over.status_code == 400
+    assert over.json()["error"]["message"] == "The upload exceeds its declared size of 10 bytes."
+    assert httpx.post(url, content=b"x" * 10, headers=finalize).status_code == 404  # ended
+    stats = emu.stats()
+    assert stats["batches_created"]["total"] == 0 and stats["files_uploaded"] == 0

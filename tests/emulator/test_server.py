@@ -110,6 +110,7 @@ def test_stats_count_batches_per_shape(emulator, emulator_openai, emulator_anthr
         "mistral": 0,
         "groq": 0,
         "together": 0,
+        "gemini": 0,
         "total": 3,
     }
     assert stats["files_uploaded"] == 1

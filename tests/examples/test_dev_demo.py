@@ -67,8 +67,8 @@ def exported(env_file: Path) -> dict[str, str]:
 
 
 def docs_example_lines() -> list[str]:
-    """The two input lines of docs/cli.md's **Input.** example (an OpenAI and an Anthropic
-    request), as the docs show them."""
+    """The input lines of docs/cli.md's **Input.** example (an OpenAI, an Anthropic and a
+    Mistral request), as the docs show them."""
     text = (ROOT / "docs" / "cli.md").read_text()
     return [line for line in text.splitlines() if line.startswith('{"custom_id": "q')]
 
@@ -104,9 +104,9 @@ def test_dev_serves_a_web_app_and_stops_everything_on_sigterm(tmp_path, monkeypa
             with pytest.raises(UnknownModelError, match="'llama-3' matches no provider"):
                 relay.submit("/v1/chat/completions", {"model": "llama-3", "messages": []})
 
-        # Both example lines of docs/cli.md, OpenAI and Anthropic, through `batchrelay run`.
+        # The example lines of docs/cli.md (OpenAI, Anthropic, Mistral) through `batchrelay run`.
         lines = docs_example_lines()
-        assert len(lines) == 2
+        assert len(lines) == 3
         source = tmp_path / "docs-example.jsonl"
         source.write_text("\n".join(lines) + "\n")
         run = subprocess.run(
@@ -121,6 +121,7 @@ def test_dev_serves_a_web_app_and_stops_everything_on_sigterm(tmp_path, monkeypa
         assert [(r["custom_id"], r["status"]) for r in results] == [
             ("q1", "succeeded"),
             ("q2", "succeeded"),
+            ("q3", "succeeded"),
         ]
         assert results[1]["response"]["body"]["content"][0]["text"] == "echo: Hi"
 
@@ -159,13 +160,18 @@ def test_dev_reports_a_dead_redis_and_keeps_the_logs(tmp_path):
 
 
 def test_dev_profiles_follow_the_emulators_models():
-    with start_emulator(port=0, models=["gpt-4o*", "claude-3*", "o[0-9]*"]) as emu:
+    models = ["gpt-4o*", "claude-3*", "gemini-2.5-*", "o[0-9]*", "mistral-*", "codestral-*"]
+    with start_emulator(port=0, models=models) as emu:
         profiles = emulator_profiles(emu)
     assert [(p["name"], p.get("kind", "openai"), p["models"]) for p in profiles] == [
         ("emulator", "openai", ["gpt-4o*", "o[0-9]*"]),
         ("emulator-anthropic", "anthropic", ["claude-3*"]),
+        ("emulator-mistral", "mistral", ["mistral-*", "codestral-*"]),
+        ("emulator-gemini", "gemini", ["gemini-2.5-*"]),
     ]
     assert profiles[1]["base_url"] == emu.anthropic_base_url
+    assert profiles[2]["base_url"] == emu.mistral_base_url
+    assert profiles[3]["base_url"] == emu.gemini_base_url
 
 
 def test_dev_children_exit_when_dev_is_sigkilled(tmp_path):

@@ -316,16 +316,19 @@ def test_a_second_beat_is_a_standby_that_takes_over(redis_url, receiver, tmp_pat
         try:
             stack.start_worker("w1")
             stack.start_beat("beat1")
-            stack.wait_until(lambda: "Sending due task" in beat_log(stack, "beat1"), 30, "beat1")
-            stack.start_beat("beat2")
+            # An idle beat sends nothing (promise 11): work shows which beat is active.
             first = producer.submit(CHAT, chat("one"), callback=Webhook(receiver.url))
             stack.wait_until(lambda: receiver.wait_for(1, 0.01), 30, "first delivery")
+            assert "Sending due task" in beat_log(stack, "beat1")
+            stack.start_beat("beat2")
+            middle = producer.submit(CHAT, chat("middle"), callback=Webhook(receiver.url))
+            stack.wait_until(lambda: receiver.wait_for(2, 0.01), 30, "second delivery")
             assert "Sending due task" not in beat_log(stack, "beat2")  # standing by
             stack.kill("beat1")
-            second = producer.submit(CHAT, chat("two"), callback=Webhook(receiver.url))
-            stack.wait_until(lambda: receiver.wait_for(2, 0.01), 60, "delivery after failover")
+            last = producer.submit(CHAT, chat("two"), callback=Webhook(receiver.url))
+            stack.wait_until(lambda: receiver.wait_for(3, 0.01), 60, "delivery after failover")
             assert "Sending due task" in beat_log(stack, "beat2")
-            assert set(receiver.ok_ids()) == {first, second}
+            assert set(receiver.ok_ids()) == {first, middle, last}
         finally:
             stack.stop()
             producer.close()

@@ -7,7 +7,12 @@ from collections.abc import Callable
 import httpx
 import pytest
 from batchrelay.worker.providers.base import ProviderError
-from batchrelay.worker.providers.http import MAX_RETRY_AFTER_S, call, retry_after_s
+from batchrelay.worker.providers.http import (
+    MAX_RETRY_AFTER_S,
+    call,
+    iter_byte_lines,
+    retry_after_s,
+)
 
 URL = "http://provider.invalid/v1/batches"
 
@@ -78,3 +83,19 @@ def test_a_create_whose_request_was_sent_is_never_resent_by_the_call():
     send, sent = answers(httpx.ConnectError("refused", request=request), status(200))
     assert call(send, what="create", max_retries=3, idempotent=False, sleep=lambda s: None)
     assert len(sent) == 2  # never reached the provider: safe to send again
+
+
+def test_streamed_lines_are_joined_across_chunks():
+    """Lines split anywhere by the transport come out whole; blank lines are dropped; a line
+    longer than many chunks is joined once (not re-copied per chunk)."""
+    long = b"x" * 100_000
+    chunks = [
+        b'{"a"',
+        b":1}\n\n",
+        b'{"b":2}\n{"c"',
+        *[long[i : i + 1000] for i in range(0, 100_000, 1000)],
+        b"\n",
+        b"tail",
+    ]
+    response = httpx.Response(200, content=iter(chunks))
+    assert list(iter_byte_lines(response)) == [b'{"a":1}', b'{"b":2}', b'{"c"' + long, b"tail"]

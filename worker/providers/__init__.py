@@ -12,12 +12,14 @@ from batchrelay.worker.providers.base import (
     ProviderError,
     ReconcilePending,
 )
+from batchrelay.worker.providers.gemini import GeminiAdapter
 from batchrelay.worker.providers.mistral import MistralAdapter
 from batchrelay.worker.providers.openai_compat import AzureAdapter, OpenAIAdapter
 
 # kind name -> adapter; a test checks that every kind in config/kinds.py has one.
 ADAPTERS: dict[str, type[BatchAdapter]] = {
-    a.kind.name: a for a in (OpenAIAdapter, AzureAdapter, AnthropicAdapter, MistralAdapter)
+    a.kind.name: a
+    for a in (OpenAIAdapter, AzureAdapter, AnthropicAdapter, MistralAdapter, GeminiAdapter)
 }
 
 

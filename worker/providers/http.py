@@ -18,6 +18,8 @@ from batchrelay.config import ProviderProfile
 from batchrelay.worker.providers.base import ProviderError
 from batchrelay.worker.webhooks import parse_retry_after
 
+from batchrelay import metrics_store
+
 log = logging.getLogger(__name__)
 
 MAX_RETRY_AFTER_S = 60.0
@@ -42,13 +44,14 @@ def client(
     params: dict[str, str] | None = None,
 ) -> httpx.Client:
     """An HTTP client for one profile; redirects are not followed (they could carry the key
-    to another host)."""
+    to another host). Every answer is counted for the metrics (`metrics_store`)."""
     return httpx.Client(
         base_url=base_url or profile.base_url,
         headers={**auth_headers(profile), **(headers or {})},
         params=params,
         timeout=httpx.Timeout(timeout_s, connect=10.0),
         follow_redirects=False,
+        event_hooks={"response": [metrics_store.provider_hook(profile.name)]},
     )
 
 
@@ -85,12 +88,19 @@ def transient(status: int) -> bool:
 
 
 def iter_byte_lines(response: httpx.Response) -> Iterator[bytes]:
-    """Non-blank lines of a streamed body as bytes (no text decoding on the hot path)."""
-    rest = b""
+    """Non-blank lines of a streamed body as bytes (no text decoding on the hot path). The
+    pieces of a line longer than a chunk are joined once, so a 20 MB line costs one copy."""
+    parts: list[bytes] = []
     for chunk in response.iter_bytes():
-        lines = (rest + chunk).split(b"\n")
-        rest = lines.pop()
+        if b"\n" not in chunk:
+            parts.append(chunk)
+            continue
+        lines = chunk.split(b"\n")
+        parts.append(lines[0])
+        lines[0] = b"".join(parts)
+        parts = [lines.pop()]
         yield from (line for line in lines if line.strip())
+    rest = b"".join(parts)
     if rest.strip():
         yield rest
 

@@ -1,0 +1,118 @@
+"""`POST /v1/provider-webhooks/{profile}` on `batchrelay metrics`, over real HTTP and Redis:
+what is verified, refused, deduplicated, and what it changes (one batch's due-time)."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import orjson
+import pytest
+import redis
+from batchrelay.producer.keys import Keys, new_batch_id
+from standardwebhooks import Webhook
+
+from tests.ops._exporter import exporter, value
+from tests.relay.harness import relay_settings
+
+SECRET = "whsec_" + base64.b64encode(b"provider-webhook-secret-32-bytes").decode()
+OTHER = "whsec_" + base64.b64encode(b"another-secret-of-thirty-two-by!").decode()
+FAR = 10**13  # a next-poll time far in the future (ms)
+
+
+@pytest.fixture
+def setup(redis_url, tmp_path):
+    emu = type("E", (), {"openai_base_url": "http://127.0.0.1:9/v1", "api_key": "k"})
+    base = {"base_url": emu.openai_base_url, "api_key": "k"}
+    providers = [
+        {"name": "emu", **base, "models": ["gpt-*"], "webhook_secret": SECRET},
+        {"name": "plain", **base, "models": ["claude-*"]},
+    ]
+    settings = relay_settings(redis_url, emu, providers=providers)
+    client = redis.Redis.from_url(redis_url)
+    keys = Keys(settings.key_prefix)
+    bid = new_batch_id("0123456789ab")
+    client.hset(keys.pbatches("emu"), "batch_ours", bid)
+    client.zadd(keys.inflight("0123456789ab"), {bid: FAR})
+    with exporter(settings, tmp_path) as metrics:
+        yield metrics, client, keys, bid
+    client.close()
+
+
+def post(metrics, body: dict | bytes, *, secret=SECRET, msg_id="wh_1", at=None, profile="emu"):
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    at = at or datetime.now(UTC)
+    signature = Webhook(secret).sign(msg_id, at, data.decode())
+    headers = {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": signature,
+        "content-type": "application/json",
+    }
+    return httpx.post(metrics.hook_url(profile), content=data, headers=headers, timeout=10)
+
+
+def event(kind="batch.completed", batch="batch_ours") -> dict:
+    return {"object": "event", "id": "evt_1", "type": kind, "created_at": 0, "data": {"id": batch}}
+
+
+def test_a_verified_batch_event_makes_its_batch_due_once(setup):
+    metrics, client, keys, bid = setup
+    reply = post(metrics, event())
+    assert reply.status_code == 200 and reply.json()["outcome"] == "due_now", reply.text
+    due = client.zscore(keys.inflight("0123456789ab"), bid)
+    assert due < FAR
+    client.zadd(keys.inflight("0123456789ab"), {bid: FAR})
+    again = post(metrics, event())  # the provider retrying the same webhook-id
+    assert again.json()["outcome"] == "duplicate"
+    assert client.zscore(keys.inflight("0123456789ab"), bid) == FAR
+    for kind in ("batch.failed", "batch.expired", "batch.cancelled"):
+        assert post(metrics, event(kind), msg_id=f"wh_{kind}").json()["outcome"] == "due_now"
+    scrape = metrics.scrape()
+    assert value(scrape, "batchrelay_provider_webhooks_total", outcome="due_now") == 4
+    assert value(scrape, "batchrelay_provider_webhooks_total", outcome="duplicate") == 1
+
+
+@pytest.mark.parametrize(
+    ("how", "status", "says"),
+    [
+        ("wrong secret", 401, "signature"),
+        ("300 s old", 401, "too old"),
+        ("unknown profile", 404, "no provider profile named 'nope'"),
+        ("profile without a secret", 404, "has no webhook_secret"),
+        ("body over 64 KiB", 413, "body over"),
+        ("no data.id", 400, "without data.id"),
+    ],
+)
+def test_refused_calls_change_nothing(setup, how, status, says):
+    metrics, client, keys, bid = setup
+    kwargs: dict = {}
+    body: dict | bytes = event()
+    if how == "wrong secret":
+        kwargs["secret"] = OTHER
+    elif how == "300 s old":
+        kwargs["at"] = datetime.now(UTC) - timedelta(seconds=301)
+    elif how == "unknown profile":
+        kwargs["profile"] = "nope"
+    elif how == "profile without a secret":
+        kwargs["profile"] = "plain"
+    elif how == "body over 64 KiB":
+        body = orjson.dumps({**event(), "pad": "x" * 70_000})
+    else:
+        body = {**event(), "data": {}}
+    reply = post(metrics, body, **kwargs)
+    assert reply.status_code == status, reply.text
+    assert says in reply.json()["error"]
+    assert client.zscore(keys.inflight("0123456789ab"), bid) == FAR
+    # Not remembered as seen: the genuine call with the same webhook-id still counts.
+    assert post(metrics, event()).json()["outcome"] == "due_now"
+
+
+def test_other_events_and_other_batches_are_acknowledged_and_left_alone(setup):
+    metrics, client, keys, bid = setup
+    reply = post(metrics, {**event(), "type": "response.completed"}, msg_id="wh_a")
+    assert reply.status_code == 200 and reply.json()["outcome"] == "ignored"
+    reply = post(metrics, event(batch="batch_of_another_app"), msg_id="wh_b")
+    assert reply.status_code == 200 and reply.json()["outcome"] == "not_ours"
+    assert client.zscore(keys.inflight("0123456789ab"), bid) == FAR
