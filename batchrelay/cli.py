@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from batchrelay import demo, extras, metrics_cli, ops, run, stack
+from batchrelay import costs_cli, demo, extras, metrics_cli, ops, run, stack
+from batchrelay.api import command as api_command
 
 # Typer's rich help (0.29, with its vendored click) gives every flag a value type, so each
 # command listed `--help <bool>` and `--json <bool>`; its plain help, as click's, shows none.
@@ -54,6 +55,8 @@ metrics_cli.register(app)
 run.register(app)
 stack.register(app)
 demo.register(app)
+costs_cli.register(app)
+api_command.register(app)
 
 
 def main() -> None:

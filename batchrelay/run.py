@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import orjson
 import typer
@@ -47,7 +47,7 @@ from batchrelay.batchfile import (
     scan,
 )
 from batchrelay.config import ConfigurationError, Settings, load_settings
-from batchrelay.config.prices import PriceTable, load_prices
+from batchrelay.config.prices import PriceTable, load_prices, usage_tokens
 from batchrelay.formatting import plural
 from batchrelay.producer.intake import Intake
 from batchrelay.producer.keys import tag_of
@@ -102,23 +102,6 @@ def submit_file(
     return ids
 
 
-def tokens(usage: Any) -> tuple[int, int]:
-    """(input, output) tokens of a response's `usage`: chat/completions `prompt_tokens` and
-    `completion_tokens`, responses and Anthropic `input_tokens` and `output_tokens`,
-    embeddings `prompt_tokens` only. Prompt-cache token counts are not priced."""
-    if not isinstance(usage, dict):
-        return 0, 0
-
-    def first(*names: str) -> int:
-        for name in names:
-            value = usage.get(name)
-            if isinstance(value, int) and not isinstance(value, bool):
-                return value
-        return 0
-
-    return first("prompt_tokens", "input_tokens"), first("completion_tokens", "output_tokens")
-
-
 @dataclass
 class ModelUsage:
     requests: int = 0
@@ -167,7 +150,7 @@ def write_results(producer: BatchRelay, plan: Plan, ids: Sequence[str], out: Pat
                 if line["status"] == SUCCEEDED:
                     summary.succeeded += 1
                     usage.succeeded += 1
-                    tokens_in, tokens_out = tokens(line.get("usage"))
+                    tokens_in, tokens_out = usage_tokens(line.get("usage"))
                     usage.input_tokens += tokens_in
                     usage.output_tokens += tokens_out
                 else:

@@ -24,7 +24,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from batchrelay.config.errors import ConfigurationError
 from batchrelay.config.settings import config_file_sources
@@ -141,6 +141,23 @@ class PriceSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, dotenv_settings, *config_file_sources(settings_cls))
+
+
+def usage_tokens(usage: Any) -> tuple[int, int]:
+    """(input, output) tokens of a response's `usage`: chat/completions `prompt_tokens` and
+    `completion_tokens`, responses and Anthropic `input_tokens` and `output_tokens`,
+    embeddings `prompt_tokens` only. Prompt-cache token counts are not priced."""
+    if not isinstance(usage, dict):
+        return 0, 0
+
+    def first(*names: str) -> int:
+        for name in names:
+            value = usage.get(name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        return 0
+
+    return first("prompt_tokens", "input_tokens"), first("completion_tokens", "output_tokens")
 
 
 _GLOB = re.compile(r"[*?\[]")

@@ -9,6 +9,7 @@ pipelines, subscriptions and pauses with its redis-py client. Intake is one roun
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -16,8 +17,9 @@ from typing import Any, TypeVar
 import redis
 import redis.asyncio as aredis
 from batchrelay.config import Settings, load_settings
+from batchrelay.config.tenants import Tenants
 from batchrelay.producer import commands
-from batchrelay.producer.callbacks import Callback
+from batchrelay.producer.callbacks import Callback, Webhook
 from batchrelay.producer.core import Core, Flow, Listen, Pause, Pipeline, SubmitItem, Submitted
 from batchrelay.producer.records import RequestStatus, StateCounts
 from redis.exceptions import NoScriptError
@@ -34,8 +36,14 @@ class BatchRelay:
     """Synchronous client. `BatchRelay.from_env()` reads `BATCHRELAY_*` settings; every call
     raises a `BatchRelayError` (`RelayUnavailableError` when Redis cannot be reached)."""
 
-    def __init__(self, settings: Settings | None = None, *, client: redis.Redis | None = None):
-        self._core = Core(settings or load_settings())
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        client: redis.Redis | None = None,
+        tenants: Tenants | None = None,
+    ):
+        self._core = Core(settings or load_settings(), tenants)
         self.settings = self._core.settings
         self.redis = client or redis.Redis.from_url(self.settings.redis_url.get_secret_value())
 
@@ -60,17 +68,29 @@ class BatchRelay:
         callback: Callback | None = None,
         idempotency_key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        tenant: str | None = None,
     ) -> str:
-        """Store one request durably and return its id (valid as an Anthropic custom_id)."""
+        """Store one request durably and return its id (valid as an Anthropic custom_id).
+        `tenant` records whose request it is (in its status and result) and applies that
+        tenant's quotas, if `tenants` were given; QuotaExceededError stores nothing."""
         p = self._core.intake.prepare(
-            endpoint, body, callback=callback, idempotency_key=idempotency_key, metadata=metadata
+            endpoint,
+            body,
+            callback=callback,
+            idempotency_key=idempotency_key,
+            metadata=metadata,
+            tenant=tenant,
         )
         return self._drive(self._core.store([p], numbered=False))[0]
 
-    def submit_many(self, items: Iterable[SubmitItem | Mapping[str, Any]]) -> Submitted:
+    def submit_many(
+        self, items: Iterable[SubmitItem | Mapping[str, Any]], *, tenant: str | None = None
+    ) -> Submitted:
         """Check every item first (one bad item stores nothing), then store them pipelined;
-        the ids in order (a list; `.new` counts those this call stored)."""
-        return self._drive(self._core.store(self._core.prepare_many(items), numbered=True))
+        the ids in order (a list; `.new` counts those this call stored). Every item belongs
+        to `tenant`, whose quotas admit all of them or none."""
+        prepared = self._core.prepare_many(items, tenant)
+        return self._drive(self._core.store(prepared, numbered=True))
 
     def status(self, request_id: str) -> RequestStatus:
         return self._drive(self._core.status(request_id))
@@ -147,8 +167,14 @@ class BatchRelay:
 class AsyncBatchRelay:
     """The same API for asyncio applications (the same flows, driven by redis.asyncio)."""
 
-    def __init__(self, settings: Settings | None = None, *, client: aredis.Redis | None = None):
-        self._core = Core(settings or load_settings())
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        client: aredis.Redis | None = None,
+        tenants: Tenants | None = None,
+    ):
+        self._core = Core(settings or load_settings(), tenants)
         self.settings = self._core.settings
         self.redis = client or aredis.Redis.from_url(self.settings.redis_url.get_secret_value())
 
@@ -173,20 +199,26 @@ class AsyncBatchRelay:
         callback: Callback | None = None,
         idempotency_key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        tenant: str | None = None,
     ) -> str:
-        # Checking a webhook URL resolves its host: off the event loop.
-        p = await asyncio.to_thread(
+        # Checking a webhook URL resolves its host: off the event loop; anything else is
+        # checked inline (a thread hop costs more than the check).
+        prepare = functools.partial(
             self._core.intake.prepare,
             endpoint,
             body,
             callback=callback,
             idempotency_key=idempotency_key,
             metadata=metadata,
+            tenant=tenant,
         )
+        p = await asyncio.to_thread(prepare) if isinstance(callback, Webhook) else prepare()
         return (await self._drive(self._core.store([p], numbered=False)))[0]
 
-    async def submit_many(self, items: Iterable[SubmitItem | Mapping[str, Any]]) -> Submitted:
-        prepared = await asyncio.to_thread(self._core.prepare_many, list(items))
+    async def submit_many(
+        self, items: Iterable[SubmitItem | Mapping[str, Any]], *, tenant: str | None = None
+    ) -> Submitted:
+        prepared = await asyncio.to_thread(self._core.prepare_many, list(items), tenant)
         return await self._drive(self._core.store(prepared, numbered=True))
 
     async def status(self, request_id: str) -> RequestStatus:

@@ -82,13 +82,14 @@ class IntakeRow:
     callback: bytes
     metadata: bytes
     idempotency_key: str
+    tenant: str = ""
 
 
 def intake(k: Keys, tag: str, created_ms: int, rows: Sequence[IntakeRow]) -> Call[tuple[int, bool]]:
     """Store requests of one group unless their records exist; (stored, group was unlisted)."""
     args: list[Any] = ["intake", "-", k.req_prefix(tag), created_ms]
     for r in rows:
-        args += (r.rid, r.line_bytes, r.body, r.callback, r.metadata, r.idempotency_key)
+        args += (r.rid, r.line_bytes, r.body, r.callback, r.metadata, r.idempotency_key, r.tenant)
     return Call(
         [k.pending(tag), k.pbytes(tag), k.registered(tag)],
         args,
@@ -118,6 +119,57 @@ def idem(k: Keys, key: str, rid: str, fingerprint: str, ttl_s: int) -> Call[Idem
 def unclaim(k: Keys, key: str, rid: str, fingerprint: str) -> Call[bool]:
     """Give back an idempotency key a failed submit took, if it still points at `rid`."""
     return Call([k.idem(key)], ["unclaim", "-", f"{rid} {fingerprint}"], lambda r: bool(int(r)))
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A tenant's quotas as `admit` takes them; 0 is no limit."""
+
+    max_pending: int = 0
+    requests_per_day: int = 0
+    usd_micro_per_day: int = 0
+
+
+def admit(
+    k: Keys,
+    tenant: str,
+    date: str,
+    rows: Sequence[tuple[str, int]],
+    *,
+    now_ms: int,
+    stale_before_ms: int,
+    limits: Limits,
+    day_ttl_s: int,
+) -> Call[str]:
+    """Count (rid, estimated usd_micro) rows against a tenant's quotas, all or none; "ok", or
+    the name of the quota that refused them."""
+    args: list[Any] = ["admit", "-", now_ms, stale_before_ms, limits.max_pending]
+    args += [limits.requests_per_day, limits.usd_micro_per_day, day_ttl_s]
+    for rid, usd_micro in rows:
+        args += (rid, usd_micro)
+    return Call([k.tenant_open(tenant), k.tenant_day(tenant, date)], args, _text)
+
+
+@dataclass(frozen=True)
+class SpendRow:
+    """One final request of a tenant: its model ("" when there is nothing to count), usage
+    and cost in micro-USD at batch and at synchronous prices."""
+
+    rid: str
+    model: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    batch_usd_micro: int = 0
+    sync_usd_micro: int = 0
+
+
+def spend(k: Keys, tenant: str, date: str, rows: Sequence[SpendRow], ttl_s: int) -> Call[int]:
+    """Take final requests off a tenant's open set, adding each one's cost once."""
+    args: list[Any] = ["spend", "-", ttl_s]
+    for r in rows:
+        args += (r.rid, r.model, r.input_tokens, r.output_tokens)
+        args += (r.batch_usd_micro, r.sync_usd_micro)
+    return Call([k.tenant_open(tenant), k.tenant_costs(tenant, date)], args, int)
 
 
 def cancel(k: Keys, rid: str, now_ms: int, retention_ms: int) -> Call[str]:
@@ -174,7 +226,8 @@ def settle(
     args += [max_attempts, pbatch, served_by]
     for row in rows:
         args += row
-    return Call([k.pending(tag), k.pbytes(tag), k.deliver(tag), k.alive(tag)], args, _ints)
+    keys = [k.pending(tag), k.pbytes(tag), k.deliver(tag), k.alive(tag), k.bill(tag)]
+    return Call(keys, args, _ints)
 
 
 def reserve(

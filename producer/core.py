@@ -17,7 +17,9 @@ from typing import Any, TypeVar
 
 import orjson
 from batchrelay.config import Settings
+from batchrelay.config.tenants import Tenants
 from batchrelay.producer import commands, errors
+from batchrelay.producer.admission import Admission
 from batchrelay.producer.callbacks import Callback
 from batchrelay.producer.intake import Intake, Prepared
 from batchrelay.producer.keys import Keys, new_request_id, tag_of
@@ -111,25 +113,34 @@ def _item(item: SubmitItem | Mapping[str, Any]) -> SubmitItem:
     )
 
 
+def unavailable(settings: Settings, exc: Exception) -> errors.RelayUnavailableError:
+    """The error for a Redis that cannot be used; the URL's password is masked."""
+    return errors.RelayUnavailableError(
+        f"cannot use Redis at {settings.redis_url}: {type(exc).__name__}: {exc}"
+    )
+
+
 class Core:
     """What `BatchRelay` and `AsyncBatchRelay` do, as flows (see the module docstring)."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, tenants: Tenants | None = None):
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self.intake = Intake(settings)
+        self.tenants = tenants
+        self.admission = Admission(settings, self.keys)
         self.retention_s = settings.result_retention_s
         self._meta: dict[str, dict[str, str]] = {}  # group tag -> profile, endpoint, model
         self._listed: dict[str, bytes] = {}  # group tag -> its groups-hash entry
 
     def unavailable(self, exc: Exception) -> errors.RelayUnavailableError:
-        return errors.RelayUnavailableError(
-            f"cannot use Redis at {self.settings.redis_url}: {type(exc).__name__}: {exc}"
-        )
+        return unavailable(self.settings, exc)
 
     # --- submit ---
 
-    def prepare_many(self, items: Iterable[SubmitItem | Mapping[str, Any]]) -> list[Prepared]:
+    def prepare_many(
+        self, items: Iterable[SubmitItem | Mapping[str, Any]], tenant: str | None = None
+    ) -> list[Prepared]:
         """Check every item before anything is stored; an error names the item's index."""
         prepared = []
         for i, raw in enumerate(items):
@@ -142,6 +153,7 @@ class Core:
                         callback=item.callback,
                         idempotency_key=item.idempotency_key,
                         metadata=item.metadata,
+                        tenant=tenant,
                     )
                 )
             except errors.BatchRelayError as exc:
@@ -151,22 +163,54 @@ class Core:
     def store(self, prepared: list[Prepared], *, numbered: bool) -> Flow[Submitted]:
         """Store checked requests and return their ids. Idempotency keys are all settled
         first, so a conflict stores nothing; then one `intake` per group per CHUNK, pipelined.
-        `numbered`: errors name the item's index (submit_many)."""
+        `numbered`: errors name the item's index (submit_many). A tenant's new requests
+        are admitted by its quotas in between (see `producer.admission`)."""
         ids = [new_request_id(p.tag) for p in prepared]
         keyed = [i for i, p in enumerate(prepared) if p.idempotency_key]
-        if keyed:
-            yield from self._claim_keys(prepared, keyed, ids, numbered)
+        taken = (yield from self._claim_keys(prepared, keyed, ids, numbered)) if keyed else []
         unique = list(dict(zip(ids, prepared, strict=True)).items())  # a repeated key: once
+        tenant = prepared[0].tenant if prepared else ""
+        if tenant:
+            yield from self._admit(tenant, prepared, ids, unique, taken)
         new = 0
         for start in range(0, len(unique), CHUNK):
             new += yield from self._intake(unique[start : start + CHUNK])
         return Submitted(ids, new)
 
+    def _admit(
+        self,
+        tenant: str,
+        prepared: list[Prepared],
+        ids: list[str],
+        unique: list[tuple[str, Prepared]],
+        taken: list[int],
+    ) -> Flow[None]:
+        """Count the requests this call stores new (not those an idempotency key pointed at
+        an earlier one) against the tenant's quotas; on a refusal give back the keys this
+        call took and raise QuotaExceededError."""
+        held = {ids[i] for i, p in enumerate(prepared) if p.idempotency_key} - {
+            ids[i] for i in taken
+        }
+        fresh = [(rid, p) for rid, p in unique if rid not in held]
+        if not fresh:
+            return
+        quota = self.tenants.quota(tenant) if self.tenants else None
+        created = now_ms()
+        call = self.admission.call(tenant, quota, fresh, created)
+        (reply,) = yield Pipeline([call.queue])
+        refused = call.parse(reply)
+        if refused == "ok":
+            return
+        if taken:
+            yield Pipeline([self._unclaim(prepared[i], ids[i]).queue for i in taken])
+        raise self.admission.refused(tenant, quota, refused, len(fresh), created)
+
     def _claim_keys(
         self, prepared: list[Prepared], keyed: list[int], ids: list[str], numbered: bool
-    ) -> Flow[None]:
-        """Take each idempotency key for its new id, or point the item at the key's holder.
-        On a conflict, give back every key this call took and raise."""
+    ) -> Flow[list[int]]:
+        """Take each idempotency key for its new id, or point the item at the key's holder;
+        returns the items whose key this call took. On a conflict, give back every key this
+        call took and raise."""
         taken: list[int] = []
         conflict: tuple[int, str] | None = None
         for start in range(0, len(keyed), CHUNK):
@@ -184,7 +228,7 @@ class Core:
             if conflict:
                 break
         if conflict is None:
-            return
+            return taken
         if taken:
             gives = [self._unclaim(prepared[i], ids[i]) for i in taken]
             yield Pipeline([c.queue for c in gives])
@@ -196,10 +240,10 @@ class Core:
         )
 
     def _idem(self, p: Prepared, rid: str) -> commands.Call[commands.IdemReply]:
-        return commands.idem(self.keys, p.idempotency_key, rid, p.fingerprint, self.retention_s)
+        return commands.idem(self.keys, p.idem_scope, rid, p.fingerprint, self.retention_s)
 
     def _unclaim(self, p: Prepared, rid: str) -> commands.Call[bool]:
-        return commands.unclaim(self.keys, p.idempotency_key, rid, p.fingerprint)
+        return commands.unclaim(self.keys, p.idem_scope, rid, p.fingerprint)
 
     def _intake(self, chunk: list[tuple[str, Prepared]]) -> Flow[int]:
         """The groups' entries first, then one `intake` per group, in one round trip.
@@ -216,7 +260,7 @@ class Core:
             entries[p.tag] = self._entry(p)
             rows.setdefault(p.tag, []).append(
                 commands.IntakeRow(rid, p.line_bytes, p.body_json, p.callback_json,
-                                   p.metadata_json, p.idempotency_key)
+                                   p.metadata_json, p.idempotency_key, p.tenant)
             )  # fmt: skip
         calls = [(tag, commands.intake(self.keys, tag, created, r)) for tag, r in rows.items()]
         replies = yield Pipeline(
@@ -375,12 +419,23 @@ class Core:
 
     # --- cancel ---
 
+    def _release(self, rid: str) -> Flow[None]:
+        """A cancelled request of a tenant no longer counts as pending (nothing to bill)."""
+        (tenant,) = yield Pipeline([methodcaller("hget", self.keys.req(rid), "tenant")])
+        if tenant:
+            name = tenant.decode()
+            call = commands.spend(self.keys, name, "-", [commands.SpendRow(rid)], 0)
+            yield Pipeline([call.queue])
+
     def cancel(self, rid: str) -> Flow[None]:
         self._req_keys([rid])
         call = commands.cancel(self.keys, rid, now_ms(), self.retention_s * 1000)
         (reply,) = yield Pipeline([call.queue])
         state = call.parse(reply)
-        if state in ("ok", "cancelled"):
+        if state == "ok":
+            yield from self._release(rid)
+            return
+        if state == "cancelled":
             return
         if state == "":
             raise errors.RequestNotFoundError(f"request {rid} does not exist")

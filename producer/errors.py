@@ -58,3 +58,13 @@ class CancelError(BatchRelayError):
 
 class ResultTimeoutError(BatchRelayError, TimeoutError):
     pass
+
+
+class QuotaExceededError(BatchRelayError):
+    """A tenant's quota refused the submit; nothing was stored. `quota` names it
+    (max_pending, requests_per_day, usd_per_day); retry after `retry_after_s` seconds."""
+
+    def __init__(self, message: str, *, quota: str, retry_after_s: int):
+        super().__init__(message)
+        self.quota = quota
+        self.retry_after_s = retry_after_s

@@ -26,6 +26,8 @@ from batchrelay.producer.keys import fingerprint, group_tag
 
 MAX_METADATA_BYTES = 16 * 1024
 MAX_IDEMPOTENCY_KEY = 255
+# A tenant name is part of Redis keys ({t:<name>}) and of URLs: short, no braces or spaces.
+TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # {"custom_id":"<41>","method":"POST","url":"<endpoint>","body":<body>}\n around the body.
 LINE_OVERHEAD = 50 + 41
 # Anthropic-style batches wrap a body as {"custom_id":"<41>","params":<body>}, plus a comma:
@@ -48,6 +50,8 @@ class Prepared:
     callback_json: bytes
     metadata_json: bytes
     idempotency_key: str
+    tenant: str = ""
+    max_output_tokens: int = 0  # what the body allows the model to write (cost estimates)
 
     @property
     def fingerprint(self) -> str:
@@ -57,6 +61,12 @@ class Prepared:
         if self.endpoint in GEMINI_ENDPOINTS:
             body = self.model.encode() + b"\x00" + body
         return fingerprint(self.endpoint, body, self.callback_json, self.metadata_json)
+
+    @property
+    def idem_scope(self) -> str:
+        """The idempotency key as stored: each tenant has its own keys, so two tenants using
+        the same key neither collide nor learn each other's request ids."""
+        return f"{self.tenant}\x00{self.idempotency_key}" if self.tenant else self.idempotency_key
 
 
 class Router:
@@ -129,6 +139,7 @@ class Intake:
         callback: Callback | None = None,
         idempotency_key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        tenant: str | None = None,
     ) -> Prepared:
         if not isinstance(endpoint, str):
             raise errors.UnknownEndpointError(f"endpoint must be a string, got {type(endpoint)}")
@@ -190,7 +201,18 @@ class Intake:
             callback_json=callback_json(validate_callback(callback, self.policy)),
             metadata_json=_metadata_json(metadata),
             idempotency_key=_idempotency_key(idempotency_key),
+            tenant=tenant_name(tenant),
+            max_output_tokens=_max_output_tokens(body),
         )
+
+
+def _max_output_tokens(body: Mapping[str, Any]) -> int:
+    """The body's output token cap under any provider's name for it; 0 when it sets none."""
+    for name in ("max_completion_tokens", "max_output_tokens", "max_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return 0
 
 
 def _gemini_route(path: str, body: Mapping[str, Any]) -> tuple[str, str]:
@@ -261,6 +283,18 @@ def _idempotency_key(key: str | None) -> str:
         )
     _require_text("idempotency_key", key)
     return key
+
+
+def tenant_name(tenant: str | None) -> str:
+    """The tenant as stored ("" for none); InvalidRequestError for a name keys cannot hold."""
+    if tenant is None:
+        return ""
+    if not isinstance(tenant, str) or not TENANT_NAME.fullmatch(tenant):
+        raise errors.InvalidRequestError(
+            f"tenant must be 1-64 letters, digits, '_', '.' or '-' (starting with a letter or "
+            f"digit), got {tenant!r}"
+        )
+    return tenant
 
 
 def _require_text(field: str, value: str) -> None:

@@ -21,6 +21,8 @@ Request and batch ids embed the tag, so a key can be found from an id alone.
     {p}:{tag}:alive             string refreshed when a request becomes final; expires with
                                        the request records, so while it exists one may be left
     {p}:{tag}:lock:{bid}        string a worker's lease on one batch
+    {p}:{tag}:bill              zset   request id -> when final: requests of a tenant whose
+                                       cost is not yet counted in the tenant's totals
     {p}:idem:{sha256(key)}      string "rid fingerprint" of an idempotency key (see `idem`)
     {p}:done:{tag}              pubsub channel: space-separated ids of requests just made final
 
@@ -40,6 +42,15 @@ carry the tag `{pf:<profile>}`, so the `reserve` script may touch them together:
     {p}:{pf:<profile>}:pbatches       hash  provider batch id -> our batch id: which claim a
                                             provider batch belongs to, for providers whose
                                             batches carry no metadata (Anthropic)
+
+A tenant's keys carry the tag `{t:<tenant>}`, so `admit` and `spend` touch them together:
+
+    {p}:{t:<tenant>}:open             zset  request id -> created (ms): requests not yet
+                                            final (the max_pending quota)
+    {p}:{t:<tenant>}:day:<date>       hash  requests and usd_micro (estimated) admitted on
+                                            that UTC date (the per-day quotas)
+    {p}:{t:<tenant>}:costs:<date>     hash  "<model>|<measure>" -> totals of the requests
+                                            made final on that UTC date (`batchrelay costs`)
 """
 
 from __future__ import annotations
@@ -148,6 +159,25 @@ class Keys:
 
     def lock(self, bid: str) -> str:
         return f"{self._g(tag_of(bid))}:lock:{bid}"
+
+    def bill(self, tag: str) -> str:
+        return f"{self._g(tag)}:bill"
+
+    def _t(self, tenant: str) -> str:
+        return f"{self.prefix}:{{t:{tenant}}}"
+
+    def tenant_open(self, tenant: str) -> str:
+        return f"{self._t(tenant)}:open"
+
+    def tenant_day(self, tenant: str, date: str) -> str:
+        return f"{self._t(tenant)}:day:{date}"
+
+    def tenant_costs(self, tenant: str, date: str) -> str:
+        return f"{self._t(tenant)}:costs:{date}"
+
+    def tenant_costs_pattern(self, tenant: str | None) -> str:
+        """A SCAN pattern for the costs keys of one tenant, or of every tenant."""
+        return f"{self.prefix}:{{t:{tenant or '*'}}}:costs:*"
 
     def idem(self, key: str) -> str:
         return f"{self.prefix}:idem:{hashlib.sha256(key.encode()).hexdigest()}"

@@ -39,6 +39,7 @@ STATUS_FIELDS = (
     "dlast",
     "idem",
     "served_by",
+    "tenant",
 )
 RESULT_FIELDS = (*STATUS_FIELDS, "result", "metadata")
 
@@ -86,6 +87,7 @@ class RequestStatus:
     delivery: str | None
     delivery_attempts: int
     last_delivery_error: str | None
+    tenant: str | None = None
 
     @property
     def final(self) -> bool:
@@ -130,6 +132,7 @@ def status_from_fields(
         delivery=_s(f["dstate"]),
         delivery_attempts=_i(f["dattempts"]) or 0,
         last_delivery_error=_s(f["dlast"]),
+        tenant=_s(f["tenant"]),
     )
 
 
@@ -169,6 +172,7 @@ def result_payload(rid: str, group: dict[str, str], values: list[bytes | None]) 
         "usage": usage,
         "metadata": _j(f["metadata"]),
         "idempotency_key": _s(f["idem"]),
+        "tenant": _s(f["tenant"]),
         "attempts": _i(f["attempt"]) or 0,
         "batch": {"id": _s(f["batch"]), "provider_batch_id": _s(f["pbatch"])},
         "created_at": iso(_i(f["created"])),

@@ -86,7 +86,9 @@ end
 
 -- settle: apply provider outcomes of one batch to its requests. A line for a request that is
 -- not (any more) in this batch is stale and ignored, so collecting twice is harmless.
--- KEYS: pending, pbytes, deliver, alive
+-- A final request of a tenant is also put on the group's `bill`, whose cost the worker then
+-- counts in the tenant's keys (another hash slot, so another call: see `spend`).
+-- KEYS: pending, pbytes, deliver, alive, bill
 -- ARGV: 'settle', done_channel, req_prefix, bid, now_ms, retention_ms, max_attempts,
 --       provider_batch_id, profile that served the batch (a fallback, maybe), then 4 values per
 --       request: rid, outcome, status_code, payload
@@ -103,7 +105,7 @@ if cmd == 'settle' then
   for i = 10, #ARGV, 4 do
     local rid, outcome, status, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
     local rk = req_prefix .. rid
-    local cur = redis.call('HMGET', rk, 'state', 'batch', 'attempt', 'callback')
+    local cur = redis.call('HMGET', rk, 'state', 'batch', 'attempt', 'callback', 'tenant')
     if cur[1] ~= 'in_batch' or cur[2] ~= bid then
       counts.stale = counts.stale + 1
     else
@@ -126,6 +128,7 @@ if cmd == 'settle' then
           redis.call('ZADD', KEYS[3], now, rid)
         end
         final(rk, outcome == 'ok' and 'succeeded' or 'failed', now, retention_ms, fields)
+        if cur[5] and cur[5] ~= '' then redis.call('ZADD', KEYS[5], now, rid) end
         finished[#finished + 1] = rid
       else
         local next_attempt = attempt
@@ -200,13 +203,13 @@ end
 -- It also marks the group registered; {stored, 1} tells the producer that the mark was
 -- missing (a new group, or one `retire` just removed), so it must list the group again.
 -- KEYS: pending, pbytes, registered
--- ARGV: 'intake', -, req_prefix, created_ms, then 6 values per request:
---       rid, bytes, body, callback, metadata, idempotency key ('' when absent)
+-- ARGV: 'intake', -, req_prefix, created_ms, then 7 values per request:
+--       rid, bytes, body, callback, metadata, idempotency key, tenant ('' when absent)
 if cmd == 'intake' then
   local req_prefix, created = ARGV[3], ARGV[4]
   local stored, total = 0, 0
-  local optional = {'callback', 'metadata', 'idem'}
-  for i = 5, #ARGV, 6 do
+  local optional = {'callback', 'metadata', 'idem', 'tenant'}
+  for i = 5, #ARGV, 7 do
     local rid = ARGV[i]
     local rk = req_prefix .. rid
     if redis.call('EXISTS', rk) == 0 then
@@ -226,6 +229,70 @@ if cmd == 'intake' then
   if total > 0 then redis.call('INCRBY', KEYS[2], total) end
   local fresh = redis.call('SET', KEYS[3], '1', 'NX') and 1 or 0
   return {stored, fresh}
+end
+
+-- admit: count requests of one tenant against its quotas, or count none of them. Called
+-- before `intake` (the tenant's keys are in another hash slot); a request already counted
+-- (a pipeline sent again) is not counted twice. Entries of `open` older than stale_before_ms
+-- are dropped first: they bound what a submit that died between the two calls leaves behind.
+-- KEYS: open (zset rid -> created), day (hash requests, usd_micro)
+-- ARGV: 'admit', -, now_ms, stale_before_ms, max_pending, max_requests_per_day,
+--       max_usd_micro_per_day (0: no limit), day_ttl_s, then 2 values per request:
+--       rid, estimated usd_micro
+-- Returns 'ok', or the name of the quota that refused them.
+if cmd == 'admit' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[4])
+  local fresh, usd = {}, 0
+  for i = 9, #ARGV, 2 do
+    if not redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+      fresh[#fresh + 1] = ARGV[i]
+      usd = usd + tonumber(ARGV[i + 1])
+    end
+  end
+  if #fresh == 0 then return 'ok' end
+  local max_pending, max_req, max_usd = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+  if max_pending > 0 and redis.call('ZCARD', KEYS[1]) + #fresh > max_pending then
+    return 'max_pending'
+  end
+  local day = redis.call('HMGET', KEYS[2], 'requests', 'usd_micro')
+  if max_req > 0 and (tonumber(day[1]) or 0) + #fresh > max_req then return 'requests_per_day' end
+  if max_usd > 0 and (tonumber(day[2]) or 0) + usd > max_usd then return 'usd_per_day' end
+  for _, part in ipairs(chunks(fresh, 1000)) do
+    local args = {}
+    for _, rid in ipairs(part) do
+      args[#args + 1] = ARGV[3]
+      args[#args + 1] = rid
+    end
+    redis.call('ZADD', KEYS[1], unpack(args))
+  end
+  redis.call('HINCRBY', KEYS[2], 'requests', #fresh)
+  redis.call('HINCRBY', KEYS[2], 'usd_micro', usd)
+  redis.call('EXPIRE', KEYS[2], ARGV[8])
+  return 'ok'
+end
+
+-- spend: a tenant's requests are final: take each off `open` and, the first time only (so a
+-- bill drained twice counts once), add its usage and cost to the day's totals per model.
+-- KEYS: open, costs (hash "<model>|<measure>" -> total)
+-- ARGV: 'spend', -, costs_ttl_s, then 6 values per request: rid, model ('' for a request
+--       with nothing to count: cancelled), input_tokens, output_tokens, batch_usd_micro,
+--       sync_usd_micro
+-- Returns how many requests were counted.
+if cmd == 'spend' then
+  local counted = 0
+  local measures = {'input_tokens', 'output_tokens', 'batch_usd_micro', 'sync_usd_micro'}
+  for i = 4, #ARGV, 6 do
+    if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 and ARGV[i + 1] ~= '' then
+      local model = ARGV[i + 1] .. '|'
+      redis.call('HINCRBY', KEYS[2], model .. 'requests', 1)
+      for n, name in ipairs(measures) do
+        redis.call('HINCRBY', KEYS[2], model .. name, ARGV[i + 1 + n])
+      end
+      counted = counted + 1
+    end
+  end
+  if counted > 0 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
+  return counted
 end
 
 -- idem: take an idempotency key for a new request, or say who holds it. The key's value is

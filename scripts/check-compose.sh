@@ -52,14 +52,14 @@ echo "check-compose: using $("${COMPOSE[@]}" version 2>/dev/null | head -n 1)"
 # Run with a clean environment for compose's variables so the shell cannot hide a mistake.
 compose() {
   env -u FLOWER_BASIC_AUTH -u GRAFANA_ADMIN_PASSWORD -u EMULATOR_WEBHOOK_SECRET \
-    -u REDIS_HOST_PORT -u FLOWER_HOST_PORT -u EMULATOR_HOST_PORT -u METRICS_HOST_PORT \
+    -u REDIS_HOST_PORT -u FLOWER_HOST_PORT -u EMULATOR_HOST_PORT -u API_HOST_PORT -u METRICS_HOST_PORT \
     -u PROMETHEUS_HOST_PORT -u GRAFANA_HOST_PORT \
     ENV_FILE="$ENV_EXAMPLE" "${COMPOSE[@]}" -f "$FILE" "$@"
 }
 
 compose --env-file "$ENV_EXAMPLE" config -q || die "$FILE is not valid (compose config)"
 services="$(compose --env-file "$ENV_EXAMPLE" config --services | sort | tr '\n' ' ')"
-want="beat emulator flower grafana metrics prometheus redis worker "
+want="api beat emulator flower grafana metrics prometheus redis worker "
 [ "$services" = "$want" ] || die "unexpected services: $services (want $want)"
 
 # --- 3. Flower and Grafana must refuse to start without credentials -----------------------

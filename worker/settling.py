@@ -1,4 +1,5 @@
-"""Applying provider outcomes to requests, in chunks, through the `settle` Lua command.
+"""Applying provider outcomes to requests, in chunks, through the `settle` Lua command, and
+counting the cost of tenants' final requests (`batchrelay.costs.bill`).
 
 A line for a request that is not (any more) in the batch is ignored by the script, so any
 step here may be repeated after a crash without double effects (docs/architecture.md, promise 3).
@@ -12,9 +13,11 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from batchrelay.producer import commands
+from batchrelay.producer.keys import tag_of
 from batchrelay.worker.context import Relay
 
 from batchrelay import metrics_store
+from batchrelay.costs import bill
 
 SETTLE_CHUNK = 500
 Row = tuple[str, str, int, bytes]  # request id, outcome, status code, payload
@@ -39,6 +42,9 @@ def settle(relay: Relay, bid: str, pbatch: str, rows: Sequence[Row]) -> Counter[
     counts = Counter(dict(zip(COUNT_NAMES, commands.run(relay.redis, call), strict=True)))
     metrics_store.count("batchrelay_requests_total", "succeeded", n=counts["ok"])
     metrics_store.count("batchrelay_requests_total", "failed", n=counts["fail"])
+    if counts["ok"] or counts["fail"]:
+        tag = tag_of(bid)
+        bill(relay.redis, relay.keys, tag, relay.group_meta(tag)["model"])
     return counts
 
 

@@ -29,7 +29,17 @@ from tests.deploy._compose import (
 )
 from tests.deploy.conftest import settings_for
 
-SERVICES = {"redis", "worker", "beat", "flower", "emulator", "metrics", "prometheus", "grafana"}
+SERVICES = {
+    "redis",
+    "worker",
+    "beat",
+    "flower",
+    "emulator",
+    "api",
+    "metrics",
+    "prometheus",
+    "grafana",
+}
 APP_SERVICES = SERVICES - {"redis", "prometheus", "grafana"}
 CHAT = "/v1/chat/completions"
 
@@ -87,7 +97,7 @@ def test_compose_services_and_their_promises():
         assert svc["image"] == "batchrelay:local", name
         assert svc["env_file"] == ENV_EXAMPLE.name, name
         assert "container_name" not in svc, name
-    for name in ("worker", "beat", "flower", "metrics"):
+    for name in ("worker", "beat", "flower", "api", "metrics"):
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
 
     worker = services["worker"]
@@ -106,10 +116,14 @@ def test_compose_services_and_their_promises():
     assert service_command(services["emulator"]) == shlex.split(
         "batchrelay emulator --host 0.0.0.0 --port 8089"
     )
+    assert service_command(services["api"]) == shlex.split(
+        "batchrelay serve --host 0.0.0.0 --port 8080"
+    )
+    assert "/healthz" in services["api"]["healthcheck"]["test"][-1]
     assert service_command(services["metrics"]) == shlex.split(
         "batchrelay metrics --host 0.0.0.0 --port 9108"
     )
-    for name, port in (("flower", 5555), ("emulator", 8089), ("metrics", 9108)):
+    for name, port in (("flower", 5555), ("emulator", 8089), ("api", 8080), ("metrics", 9108)):
         (published,) = services[name]["ports"]
         assert published.startswith("127.0.0.1:") and published.endswith(f":{port}"), published
 

@@ -195,6 +195,7 @@ def test_core_install_submits_beside_the_apps_own_modules(venv: Venv, redis_url:
         ("dead-letters list", "worker"),
         ("dev", "worker,emulator"),
         ("demo", "worker,emulator"),
+        ("serve", "api"),
     ],
 )
 def test_core_cli_names_the_missing_extra(
