@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 from celery import Celery
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import (
@@ -182,9 +182,10 @@ async def _bounded_body(request: Request) -> bytes:
     return bytes(body)
 
 
-def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI:
-    """The exporter's HTTP app: `GET /metrics` and `POST /v1/provider-webhooks/{profile}`."""
-    client = client or redis.Redis.from_url(settings.redis_url.get_secret_value())
+def monitoring_router(settings: Settings, client: redis.Redis) -> APIRouter:
+    """`GET /metrics` and `POST /v1/provider-webhooks/{profile}`: served by `batchrelay metrics`
+    and by `batchrelay serve` alike (neither needs a tenant key: a scrape reads only
+    aggregates, and a provider webhook is verified by its signature)."""
     keys = Keys(settings.key_prefix)
     broker = Celery("batchrelay-metrics", broker=settings.redis_url.get_secret_value())
 
@@ -195,13 +196,13 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RelayCollector(settings, client))
-    app = FastAPI(title="batchrelay metrics", docs_url=None, redoc_url=None, openapi_url=None)
+    router = APIRouter()
 
-    @app.get("/metrics")
+    @router.get("/metrics")
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/provider-webhooks/{profile}")
+    @router.post("/v1/provider-webhooks/{profile}")
     async def provider_webhook(profile: str, request: Request) -> Response:
         try:
             body = await _bounded_body(request)
@@ -216,4 +217,12 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
             await run_in_threadpool(metrics_store.flush, client, keys)
         return JSONResponse(done)
 
+    return router
+
+
+def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI:
+    """The exporter's HTTP app: the monitoring routes alone."""
+    client = client or redis.Redis.from_url(settings.redis_url.get_secret_value())
+    app = FastAPI(title="batchrelay metrics", docs_url=None, redoc_url=None, openapi_url=None)
+    app.include_router(monitoring_router(settings, client))
     return app

@@ -28,6 +28,7 @@ from batchrelay.api.problems import PROBLEM_JSON, HTTPProblem, install
 from batchrelay.config import Settings
 from batchrelay.config.tenants import Tenant, Tenants
 from batchrelay.costs import read_costs
+from batchrelay.metrics import monitoring_router
 from batchrelay.producer import errors
 from batchrelay.producer.callbacks import CeleryTask, Webhook
 from batchrelay.producer.client import UNAVAILABLE, AsyncBatchRelay
@@ -151,6 +152,10 @@ def create_app(settings: Settings, tenants: Tenants) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.tenants = tenants
+    # Prometheus scrapes and providers' batch webhooks, as on `batchrelay metrics`; left out
+    # of the API's schema (they are not tenant calls).
+    monitor = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    app.include_router(monitoring_router(settings, monitor), include_in_schema=False)
     _with_problem_schema(app)
     app.add_middleware(BodyLimits)
     install(app)
