@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from batchrelay.producer.records import RequestStatus
 
 MAX_BULK = 1000  # items per POST /v1/requests/bulk: one intake round trip
 MAX_WAIT_S = 60.0  # longest long-poll of GET /v1/requests/{id}/result
@@ -45,26 +47,12 @@ class SubmittedMany(BaseModel):
     ids: list[str]
 
 
-class Status(BaseModel):
-    """Where a request is now (`BatchRelay.status`)."""
-
-    id: str
-    state: Literal["pending", "in_batch", "succeeded", "failed", "cancelled"]
-    profile: str
-    endpoint: str
-    model: str
-    attempt: int
-    created_at: str | None
-    finished_at: str | None
-    batch_id: str | None
-    provider_batch_id: str | None
-    status_code: int | None
-    error: Any
-    last_error: Any
-    delivery: str | None
-    delivery_attempts: int
-    last_delivery_error: str | None
-    tenant: str | None
+# The producer's RequestStatus, field for field (every field required in an answer).
+Status = create_model(
+    "Status",
+    __doc__="Where a request is now (`BatchRelay.status`).",
+    **{name: (kind, ...) for name, kind in get_type_hints(RequestStatus).items()},
+)
 
 
 class BatchRef(BaseModel):
