@@ -21,8 +21,9 @@ Request and batch ids embed the tag, so a key can be found from an id alone.
     {p}:{tag}:alive             string refreshed when a request becomes final; expires with
                                        the request records, so while it exists one may be left
     {p}:{tag}:lock:{bid}        string a worker's lease on one batch
+    {p}:{tag}:done              sharded pub/sub channel (SPUBLISH): space-separated ids of
+                                       requests just made final, in the group's slot
     {p}:idem:{sha256(key)}      string "rid fingerprint" of an idempotency key (see `idem`)
-    {p}:done:{tag}              pubsub channel: space-separated ids of requests just made final
 
 A provider profile's keys are shared by every group and worker that sends batches to it. They
 carry the tag `{pf:<profile>}`, so the `reserve` script may touch them together:
@@ -147,7 +148,7 @@ class Keys:
         return f"{self.prefix}:idem:{hashlib.sha256(key.encode()).hexdigest()}"
 
     def done(self, tag: str) -> str:
-        return f"{self.prefix}:done:{tag}"
+        return f"{self._g(tag)}:done"
 
     def _pf(self, profile: str) -> str:
         return f"{self.prefix}:{{pf:{profile}}}"

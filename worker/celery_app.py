@@ -10,6 +10,7 @@ from datetime import timedelta
 
 from batchrelay.config import Settings
 from batchrelay.worker.context import Relay
+from batchrelay.worker.state import broker_url
 from celery import Celery
 
 TASK_MODULE = "batchrelay.worker.tasks"
@@ -17,7 +18,7 @@ TASK_MODULE = "batchrelay.worker.tasks"
 
 def create_app(settings: Settings) -> Celery:
     settings.require_providers()
-    app = Celery("batchrelay", broker=settings.redis_url.get_secret_value(), include=[TASK_MODULE])
+    app = Celery("batchrelay", broker=broker_url(settings), include=[TASK_MODULE])
     vt = settings.visibility_timeout_s
     tick = timedelta(seconds=settings.tick_s)
     expires = {"expires": settings.tick_s * 5}
@@ -47,7 +48,7 @@ def create_app(settings: Settings) -> Celery:
         beat_max_loop_interval=loop_s,
         beat_scheduler="batchrelay.worker.beat:ResilientRedBeatScheduler",
         # Shown by `inspect conf` and Flower, which mask broker_url but not this key: the
-        # masked form. ResilientRedBeatScheduler connects with the settings' clear URL.
+        # masked form. ResilientRedBeatScheduler connects with the settings (a cluster too).
         redbeat_redis_url=str(settings.redis_url),
         redbeat_key_prefix=f"{settings.key_prefix}:redbeat",
         redbeat_lock_timeout=loop_s * 5,
