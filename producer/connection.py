@@ -39,10 +39,21 @@ def _verdict(settings: Settings, info: dict[str, Any]) -> bool:
 def _check_db(settings: Settings) -> None:
     path = urlsplit(settings.redis_url.get_secret_value()).path.strip("/")
     if path not in ("", "0"):
-        raise ConfigurationError(
-            f"BATCHRELAY_REDIS_URL: {settings.redis_url} names database {path}, but a Redis "
-            "Cluster has only database 0"
-        )
+        raise _only_db0(settings, path)
+
+
+def _only_db0(settings: Settings, db: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"BATCHRELAY_REDIS_URL: {settings.redis_url} names database {db}, but a Redis Cluster "
+        "has only database 0"
+    )
+
+
+def _select_refused(settings: Settings, exc: redis.ResponseError) -> ConfigurationError:
+    """A cluster node answers the probe's SELECT with an error: the URL names a database."""
+    if "SELECT is not allowed in cluster mode" not in str(exc):
+        raise exc
+    return _only_db0(settings, urlsplit(settings.redis_url.get_secret_value()).path.strip("/"))
 
 
 def cluster_enabled(settings: Settings) -> bool:
@@ -54,6 +65,8 @@ def cluster_enabled(settings: Settings) -> bool:
     )
     try:
         return _verdict(settings, probe.info())
+    except redis.ResponseError as exc:
+        raise _select_refused(settings, exc) from None
     finally:
         probe.close()
 
@@ -67,6 +80,8 @@ async def acluster_enabled(settings: Settings) -> bool:
     )
     try:
         return _verdict(settings, await probe.info())
+    except redis.ResponseError as exc:
+        raise _select_refused(settings, exc) from None
     finally:
         await probe.aclose()
 

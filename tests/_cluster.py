@@ -1,0 +1,175 @@
+"""A private Redis Cluster per test session: 3 masters and 3 replicas from `redis-server` on
+PATH, on free ports below 55536 (the cluster bus listens on port + 10000), created with
+`redis-cli --cluster create`. A short cluster-node-timeout lets a replica take over a killed
+master within seconds. The machine's shared Redis on 6379 is never touched.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from redis.cluster import RedisCluster
+
+NODE_TIMEOUT_MS = 1000
+PORT_CEILING = 55536  # port + 10000 (the bus) must stay a valid port
+
+
+def free_cluster_port(taken: set[int]) -> int:
+    """A free port whose bus port (+10000) is free too."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port >= PORT_CEILING or port in taken:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+class RedisClusterServers:
+    """Six cluster-mode redis-servers; `kill(port)` SIGKILLs one of them."""
+
+    def __init__(self, workdir: Path, *, masters: int = 3, replicas: int = 1):
+        self.workdir = workdir
+        taken: set[int] = set()
+        for _ in range(masters * (1 + replicas)):
+            taken.add(free_cluster_port(taken))
+        self.ports = sorted(taken)
+        self.replicas = replicas
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        """Any one node names the cluster; the clients discover the rest."""
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        cli = shutil.which("redis-cli")
+        if binary is None or cli is None:
+            raise RuntimeError(
+                "redis-server and redis-cli must be on PATH (make test installs them)"
+            )
+        for port in self.ports:
+            home = self.workdir / str(port)
+            home.mkdir()
+            args = [
+                binary,
+                "--port", str(port),
+                "--bind", "127.0.0.1",
+                "--dir", str(home),
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+                "--save", "",
+                "--appendonly", "no",
+                "--maxmemory-policy", "noeviction",
+            ]  # fmt: skip
+            self.procs[port] = subprocess.Popen(
+                args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+            )
+        for port in self.ports:
+            self._wait_ping(port)
+        nodes = [f"127.0.0.1:{port}" for port in self.ports]
+        subprocess.run(
+            [cli, "--cluster", "create", *nodes, "--cluster-replicas", str(self.replicas)]
+            + ["--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        self.wait_healthy()
+
+    def _wait_ping(self, port: int) -> None:
+        client = redis.Redis(port=port)
+        deadline = time.monotonic() + 10
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline or self.procs[port].poll() is not None:
+                        raise RuntimeError(f"redis-server did not start on {port}") from None
+                    time.sleep(0.02)
+        finally:
+            client.close()
+
+    def wait_healthy(self, timeout: float = 30) -> None:
+        """Until every live node says the cluster is ok and every slot has a master."""
+        deadline = time.monotonic() + timeout
+        while True:
+            states = []
+            for port, proc in self.procs.items():
+                if proc.poll() is not None:
+                    continue
+                client = redis.Redis(port=port)
+                try:
+                    states.append(client.cluster("info")["cluster_state"])
+                except redis.RedisError:
+                    states.append("down")
+                finally:
+                    client.close()
+            if states and all(state == "ok" for state in states):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cluster not healthy: {states}")
+            time.sleep(0.1)
+
+    def client(self) -> RedisCluster:
+        return RedisCluster.from_url(self.url)
+
+    def masters(self) -> list[int]:
+        """The ports of the live masters, as the cluster sees them now."""
+        client = self.client()
+        try:
+            return sorted(node.port for node in client.get_primaries())
+        finally:
+            client.close()
+
+    def kill(self, port: int) -> None:
+        proc = self.procs.pop(port)
+        proc.kill()
+        proc.wait(10)
+
+    def flush(self) -> None:
+        client = self.client()
+        try:
+            client.flushall(target_nodes=RedisCluster.PRIMARIES)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.terminate()
+        for proc in self.procs.values():
+            proc.wait(10)
+        self.procs.clear()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    servers = RedisClusterServers(tmp_path_factory.mktemp("cluster"))
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: RedisClusterServers) -> str:
+    """The session's cluster, emptied (never the shared 6379)."""
+    redis_cluster.flush()
+    return redis_cluster.url
