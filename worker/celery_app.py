@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 from batchrelay.config import Settings
 from batchrelay.worker.context import Relay
@@ -63,6 +64,11 @@ def create_app(settings: Settings) -> Celery:
             },
         },
     )
+    if urlsplit(app.conf.broker_url).scheme.startswith("amqp"):
+        # RabbitMQ: batchrelay's queue is a quorum queue (replicated, survives a node) and a
+        # publish waits for the broker's confirm. Redis' visibility timeout does not apply.
+        app.conf.task_default_queue_type = "quorum"
+        app.conf.broker_transport_options = {"confirm_publish": True}
     app.batchrelay_settings = settings  # type: ignore[attr-defined]
     app.batchrelay_relay = None  # type: ignore[attr-defined]
     return app
