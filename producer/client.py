@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import redis
@@ -132,12 +133,12 @@ class BatchRelay:
                     reply = self._execute(client, step)
                 elif isinstance(step, Listen):
                     pubsub = client.pubsub(ignore_subscribe_messages=True)
-                    pubsub.ssubscribe(*step.channels)
-                    receive = (
-                        pubsub.get_sharded_message
-                        if isinstance(client, RedisCluster)
-                        else pubsub.get_message
-                    )
+                    if isinstance(client, RedisCluster):
+                        cluster.retrying(client, partial(pubsub.ssubscribe, *step.channels))
+                        receive = pubsub.get_sharded_message
+                    else:
+                        pubsub.ssubscribe(*step.channels)
+                        receive = pubsub.get_message
                 elif isinstance(step, Pause) and pubsub is not None:
                     started = time.monotonic()
                     if receive(timeout=step.seconds) is not None:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from batchrelay.producer import commands
@@ -29,6 +30,7 @@ from redis.exceptions import (
     TryAgainError,
 )
 
+T = TypeVar("T")
 Queued = list[tuple[tuple[Any, ...], dict[str, Any]]]
 
 # A master's replica is promoted within cluster-node-timeout plus an election: about 2 s with
@@ -62,10 +64,15 @@ def key_of(args: tuple[Any, ...]) -> Any:
 def execute(cluster: RedisCluster, step: Pipeline) -> list[Any]:
     """Send the step as one pipeline per master, in parallel; replies in the step's order."""
     queued = recorded(step)
+    return retrying(cluster, lambda: _per_node(cluster, queued))
+
+
+def retrying(cluster: RedisCluster, send: Callable[[], T]) -> T:
+    """`send()`, again on a fresh slot map while the cluster's topology changes."""
     attempts = 1
     while True:
         try:
-            return _per_node(cluster, queued)
+            return send()
         except TOPOLOGY_ERRORS:
             if attempts == ATTEMPTS:
                 raise

@@ -128,7 +128,8 @@ class RedisClusterServers:
             time.sleep(0.1)
 
     def client(self) -> RedisCluster:
-        return RedisCluster.from_url(self.url)
+        """A cluster client bootstrapped from a node that is still running."""
+        return RedisCluster(host="127.0.0.1", port=next(iter(self.procs)))
 
     def masters(self) -> list[int]:
         """The ports of the live masters, as the cluster sees them now."""
@@ -139,9 +140,24 @@ class RedisClusterServers:
             client.close()
 
     def kill(self, port: int) -> None:
+        """SIGKILL one node."""
         proc = self.procs.pop(port)
         proc.kill()
         proc.wait(10)
+
+    def wait_failover(self, port: int, timeout: float = 30) -> None:
+        """Until a replica has taken over the slots of the killed master on `port`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if port not in self.masters():
+                    break
+            except redis.RedisError:
+                pass  # the map is changing
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no replica took over from {port}")
+            time.sleep(0.1)
+        self.wait_healthy(timeout)
 
     def flush(self) -> None:
         client = self.client()
