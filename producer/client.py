@@ -172,11 +172,14 @@ class AsyncBatchRelay:
         self._core = Core(settings or load_settings())
         self.settings = self._core.settings
         self._client = client
+        self._nodes: cluster.AsyncNodes | None = None
 
     async def client(self) -> AsyncClient:
         """The client, made on first use (see `BatchRelay.redis`)."""
         if self._client is None:
             self._client = await aconnect(self.settings)
+        if isinstance(self._client, AsyncRedisCluster) and self._nodes is None:
+            self._nodes = cluster.AsyncNodes(self._client)
         return self._client
 
     @classmethod
@@ -184,6 +187,8 @@ class AsyncBatchRelay:
         return cls(load_settings())
 
     async def aclose(self) -> None:
+        if self._nodes is not None:
+            await self._nodes.aclose()
         if self._client is not None:
             await self._client.aclose()
 
@@ -257,12 +262,13 @@ class AsyncBatchRelay:
                     reply = await self._execute(client, step)
                 elif isinstance(step, Listen):
                     pubsub = client.pubsub(ignore_subscribe_messages=True)
-                    await pubsub.ssubscribe(*step.channels)
-                    receive = (
-                        pubsub.get_sharded_message
-                        if isinstance(client, AsyncRedisCluster)
-                        else pubsub.get_message
-                    )
+                    if isinstance(client, AsyncRedisCluster):
+                        subscribe = partial(pubsub.ssubscribe, *step.channels)
+                        await cluster.aretrying(client, subscribe)
+                        receive = pubsub.get_sharded_message
+                    else:
+                        await pubsub.ssubscribe(*step.channels)
+                        receive = pubsub.get_message
                 elif isinstance(step, Pause) and pubsub is not None:
                     started = loop.time()
                     if await receive(timeout=step.seconds) is not None:
@@ -276,10 +282,9 @@ class AsyncBatchRelay:
             if pubsub is not None:
                 await pubsub.aclose()
 
-    @staticmethod
-    async def _execute(client: AsyncClient, step: Pipeline) -> list[Any]:
-        if isinstance(client, AsyncRedisCluster):
-            return await cluster.aexecute(client, step)
+    async def _execute(self, client: AsyncClient, step: Pipeline) -> list[Any]:
+        if self._nodes is not None:
+            return await cluster.aexecute(self._nodes, step)
         try:
             return await step.queue_on(client.pipeline(transaction=False)).execute()
         except NoScriptError:
