@@ -40,8 +40,16 @@ def free_cluster_port(taken: set[int]) -> int:
 class RedisClusterServers:
     """Six cluster-mode redis-servers; `kill(port)` SIGKILLs one of them."""
 
-    def __init__(self, workdir: Path, *, masters: int = 3, replicas: int = 1):
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        masters: int = 3,
+        replicas: int = 1,
+        password: str | None = None,
+    ):
         self.workdir = workdir
+        self.password = password
         taken: set[int] = set()
         for _ in range(masters * (1 + replicas)):
             taken.add(free_cluster_port(taken))
@@ -52,7 +60,8 @@ class RedisClusterServers:
     @property
     def url(self) -> str:
         """Any one node names the cluster; the clients discover the rest."""
-        return f"redis://127.0.0.1:{self.ports[0]}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.ports[0]}/0"
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
@@ -76,14 +85,17 @@ class RedisClusterServers:
                 "--appendonly", "no",
                 "--maxmemory-policy", "noeviction",
             ]  # fmt: skip
+            if self.password:
+                args += ["--requirepass", self.password, "--masterauth", self.password]
             self.procs[port] = subprocess.Popen(
                 args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
             )
         for port in self.ports:
             self._wait_ping(port)
         nodes = [f"127.0.0.1:{port}" for port in self.ports]
+        auth = ["-a", self.password, "--no-auth-warning"] if self.password else []
         subprocess.run(
-            [cli, "--cluster", "create", *nodes, "--cluster-replicas", str(self.replicas)]
+            [cli, *auth, "--cluster", "create", *nodes, "--cluster-replicas", str(self.replicas)]
             + ["--cluster-yes"],
             check=True,
             capture_output=True,
@@ -92,7 +104,7 @@ class RedisClusterServers:
         self.wait_healthy()
 
     def _wait_ping(self, port: int) -> None:
-        client = redis.Redis(port=port)
+        client = redis.Redis(port=port, password=self.password)
         deadline = time.monotonic() + 10
         try:
             while True:
@@ -114,7 +126,7 @@ class RedisClusterServers:
             for port, proc in self.procs.items():
                 if proc.poll() is not None:
                     continue
-                client = redis.Redis(port=port)
+                client = redis.Redis(port=port, password=self.password)
                 try:
                     states.append(client.cluster("info")["cluster_state"])
                 except redis.RedisError:
@@ -129,7 +141,7 @@ class RedisClusterServers:
 
     def client(self) -> RedisCluster:
         """A cluster client bootstrapped from a node that is still running."""
-        return RedisCluster(host="127.0.0.1", port=next(iter(self.procs)))
+        return RedisCluster(host="127.0.0.1", port=next(iter(self.procs)), password=self.password)
 
     def masters(self) -> list[int]:
         """The ports of the live masters, as the cluster sees them now."""

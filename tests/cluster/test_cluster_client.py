@@ -23,8 +23,10 @@ from batchrelay import (
     BatchRelay,
     CancelError,
     IdempotencyConflictError,
+    RelayUnavailableError,
     Webhook,
 )
+from tests._cluster import RedisClusterServers
 from tests._receiver import WebhookReceiver
 from tests._stack import ROOT, settings_env
 from tests.relay.harness import (
@@ -183,3 +185,33 @@ def test_a_cluster_without_a_broker_url_stops_worker_and_beat(cluster_url, proce
     assert proc.returncode == 78, proc.stderr[-2000:]
     assert b"is a Redis Cluster, which cannot be Celery's broker" in proc.stderr
     assert b"set BATCHRELAY_BROKER_URL" in proc.stderr
+
+
+def test_a_cluster_with_a_password_works_and_never_shows_it(tmp_path):
+    """AUTH on every node: the sync and asyncio producers and the worker reach the cluster
+    with the URL's password (the asyncio per-master clients too); errors show it masked."""
+    servers = RedisClusterServers(tmp_path, masters=3, replicas=0, password="s3cret-pw")
+    servers.start()
+    try:
+        with start_emulator(fast_emulator_config()) as emu, WebhookReceiver() as receiver:
+            settings = relay_settings(servers.url, emu)
+            producer, relay = BatchRelay(settings), Relay(settings)
+            hook = Webhook(receiver.url + "/in")
+            try:
+                ids = producer.submit_many(items(30, hook, keyed=True))
+
+                async def also_async() -> list[str]:
+                    async with AsyncBatchRelay(settings) as aproducer:
+                        return await aproducer.submit_many(items(30, hook))
+
+                ids += asyncio.run(also_async())
+                drive(relay, all_final(producer, ids), timeout=60)
+                assert producer.wait(ids, timeout=10).succeeded == 60
+            finally:
+                producer.close()
+                relay.close()
+    finally:
+        servers.stop()
+    with pytest.raises(RelayUnavailableError) as down:
+        BatchRelay(settings).submit(CHAT, chat("x"))
+    assert "s3cret-pw" not in str(down.value) and ":***@127.0.0.1" in str(down.value)
