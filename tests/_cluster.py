@@ -47,9 +47,13 @@ class RedisClusterServers:
         masters: int = 3,
         replicas: int = 1,
         password: str | None = None,
+        tls_cert: Path | None = None,
     ):
+        """`tls_cert`: a self-signed certificate (its key beside it as key.pem) for TLS on
+        every client, bus and replication link; plain TCP is then off."""
         self.workdir = workdir
         self.password = password
+        self.tls_cert = tls_cert
         taken: set[int] = set()
         for _ in range(masters * (1 + replicas)):
             taken.add(free_cluster_port(taken))
@@ -61,7 +65,33 @@ class RedisClusterServers:
     def url(self) -> str:
         """Any one node names the cluster; the clients discover the rest."""
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.ports[0]}/0"
+        if self.tls_cert is None:
+            return f"redis://{auth}127.0.0.1:{self.ports[0]}/0"
+        query = f"ssl_cert_reqs=required&ssl_ca_certs={self.tls_cert}"
+        return f"rediss://{auth}127.0.0.1:{self.ports[0]}/0?{query}"
+
+    def _listen(self, port: int) -> list[str]:
+        if self.tls_cert is None:
+            return ["--port", str(port)]
+        key = self.tls_cert.with_name("key.pem")
+        return [
+            "--port", "0", "--tls-port", str(port),
+            "--tls-cert-file", str(self.tls_cert), "--tls-key-file", str(key),
+            "--tls-ca-cert-file", str(self.tls_cert), "--tls-auth-clients", "no",
+            "--tls-cluster", "yes", "--tls-replication", "yes",
+        ]  # fmt: skip
+
+    def node(self, port: int) -> redis.Redis:
+        """A plain client of one node (TLS and password as the cluster's)."""
+        if self.tls_cert is None:
+            return redis.Redis(host="127.0.0.1", port=port, password=self.password)
+        return redis.Redis(
+            host="127.0.0.1",
+            port=port,
+            password=self.password,
+            ssl=True,
+            ssl_ca_certs=str(self.tls_cert),
+        )
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
@@ -75,7 +105,7 @@ class RedisClusterServers:
             home.mkdir()
             args = [
                 binary,
-                "--port", str(port),
+                *self._listen(port),
                 "--bind", "127.0.0.1",
                 "--dir", str(home),
                 "--cluster-enabled", "yes",
@@ -94,6 +124,8 @@ class RedisClusterServers:
             self._wait_ping(port)
         nodes = [f"127.0.0.1:{port}" for port in self.ports]
         auth = ["-a", self.password, "--no-auth-warning"] if self.password else []
+        if self.tls_cert is not None:
+            auth += ["--tls", "--cacert", str(self.tls_cert)]
         subprocess.run(
             [cli, *auth, "--cluster", "create", *nodes, "--cluster-replicas", str(self.replicas)]
             + ["--cluster-yes"],
@@ -104,7 +136,7 @@ class RedisClusterServers:
         self.wait_healthy()
 
     def _wait_ping(self, port: int) -> None:
-        client = redis.Redis(port=port, password=self.password)
+        client = self.node(port)
         deadline = time.monotonic() + 10
         try:
             while True:
@@ -126,7 +158,7 @@ class RedisClusterServers:
             for port, proc in self.procs.items():
                 if proc.poll() is not None:
                     continue
-                client = redis.Redis(port=port, password=self.password)
+                client = self.node(port)
                 try:
                     states.append(client.cluster("info")["cluster_state"])
                 except redis.RedisError:
@@ -141,7 +173,8 @@ class RedisClusterServers:
 
     def client(self) -> RedisCluster:
         """A cluster client bootstrapped from a node that is still running."""
-        return RedisCluster(host="127.0.0.1", port=next(iter(self.procs)), password=self.password)
+        node = self.node(next(iter(self.procs)))
+        return RedisCluster(**node.connection_pool.connection_kwargs)
 
     def masters(self) -> list[int]:
         """The ports of the live masters, as the cluster sees them now."""

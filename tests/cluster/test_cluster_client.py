@@ -187,14 +187,24 @@ def test_a_cluster_without_a_broker_url_stops_worker_and_beat(cluster_url, proce
     assert b"set BATCHRELAY_BROKER_URL" in proc.stderr
 
 
-def test_a_cluster_with_a_password_works_and_never_shows_it(tmp_path):
-    """AUTH on every node: the sync and asyncio producers and the worker reach the cluster
-    with the URL's password (the asyncio per-master clients too); errors show it masked."""
-    servers = RedisClusterServers(tmp_path, masters=3, replicas=0, password="s3cret-pw")
+def test_a_cluster_over_tls_with_a_password_works_and_never_shows_it(tmp_path):
+    """TLS and AUTH on every node (`rediss://`): the sync and asyncio producers and the worker
+    reach the cluster (the asyncio per-master clients too); errors show the URL masked."""
+    cert = tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+         str(tmp_path / "key.pem"), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    servers = RedisClusterServers(
+        tmp_path, masters=3, replicas=0, password="s3cret-pw", tls_cert=cert
+    )
     servers.start()
     try:
         with start_emulator(fast_emulator_config()) as emu, WebhookReceiver() as receiver:
             settings = relay_settings(servers.url, emu)
+            assert settings.redis_url.get_secret_value().startswith("rediss://")
             producer, relay = BatchRelay(settings), Relay(settings)
             hook = Webhook(receiver.url + "/in")
             try:
