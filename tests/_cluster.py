@@ -173,8 +173,9 @@ class RedisClusterServers:
 
     def client(self) -> RedisCluster:
         """A cluster client bootstrapped from a node that is still running."""
-        node = self.node(next(iter(self.procs)))
-        return RedisCluster(**node.connection_pool.connection_kwargs)
+        kwargs = dict(self.node(next(iter(self.procs))).connection_pool.connection_kwargs)
+        kwargs.pop("db")  # a cluster has only database 0
+        return RedisCluster(**kwargs)
 
     def masters(self) -> list[int]:
         """The ports of the live masters, as the cluster sees them now."""

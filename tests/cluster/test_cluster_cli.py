@@ -1,5 +1,5 @@
-"""The operator CLI and the sweep with the state on a Redis Cluster: `status`, `flush`,
-`batches list --all` (scans every master), `requests show`, `dead-letters`."""
+"""The CLI and the sweep with the state on a Redis Cluster: `batchrelay run`, `status`,
+`flush`, `batches list --all` (scans every master), `requests show`, `dead-letters`."""
 
 from __future__ import annotations
 
@@ -8,10 +8,14 @@ from batchrelay.emulator import start_emulator
 from batchrelay.worker.context import Relay
 from batchrelay.worker.sweep import retire_idle_groups, sweep
 from redis.cluster import RedisCluster
+from typer.testing import CliRunner
 
 from batchrelay import BatchRelay, Webhook
+from batchrelay.cli import app
 from tests._receiver import WebhookReceiver
 from tests._stack import settings_env
+from tests.cli.conftest import Pipeline, chat_line, read_jsonl, write_jsonl
+from tests.cli.test_run import check_outputs
 from tests.relay.harness import CHAT, all_final, chat, drive, fast_emulator_config, relay_settings
 from tests.relay.test_cli_ops import cli
 
@@ -54,3 +58,25 @@ def test_cli_and_sweep_on_a_cluster(cluster_url, monkeypatch):
         finally:
             producer.close()
             worker.close()
+
+
+def test_batchrelay_run_on_a_cluster(cluster_url, monkeypatch, tmp_path):
+    """`batchrelay run` with BATCHRELAY_REDIS_URL naming a cluster node: submits, waits on
+    sharded pub/sub and writes every result in order (the pipeline runs inline beside it)."""
+    with start_emulator(fast_emulator_config()) as emu:
+        settings = relay_settings(cluster_url, emu)
+        for name, value in settings_env(settings).items():
+            if name.startswith("BATCHRELAY_"):
+                monkeypatch.setenv(name, value)
+        monkeypatch.delenv("BATCHRELAY_CONFIG_FILE", raising=False)
+        lines = [chat_line(i, MODELS[i % 6]) for i in range(600)]
+        src = write_jsonl(tmp_path / "in.jsonl", lines)
+        pipeline = Pipeline(settings)
+        pipeline.start()
+        try:
+            result = CliRunner().invoke(app, ["run", str(src)])
+        finally:
+            pipeline.stop()
+            pipeline.relay.close()
+        assert result.exit_code == 0, result.output
+        check_outputs(read_jsonl(tmp_path / "in.results.jsonl"), 600)
