@@ -54,11 +54,9 @@ class RedisClusterServers:
         self.workdir = workdir
         self.password = password
         self.tls_cert = tls_cert
-        taken: set[int] = set()
-        for _ in range(masters * (1 + replicas)):
-            taken.add(free_cluster_port(taken))
-        self.ports = sorted(taken)
+        self.size = masters * (1 + replicas)
         self.replicas = replicas
+        self.ports: list[int] = []
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
 
     @property
@@ -93,16 +91,31 @@ class RedisClusterServers:
             ssl_ca_certs=str(self.tls_cert),
         )
 
-    def start(self) -> None:
+    def start(self, attempts: int = 3) -> None:
+        """Start the nodes and make them a cluster. Another process on this machine may take
+        a free port before a node binds it: then start again on other ports."""
+        for attempt in range(1, attempts + 1):
+            taken: set[int] = set()
+            for _ in range(self.size):
+                taken.add(free_cluster_port(taken))
+            self.ports = sorted(taken)
+            try:
+                self._start()
+                return
+            except RuntimeError:
+                self.stop()
+                if attempt == attempts:
+                    raise
+
+    def _start(self) -> None:
         binary = shutil.which("redis-server")
         cli = shutil.which("redis-cli")
         if binary is None or cli is None:
-            raise RuntimeError(
-                "redis-server and redis-cli must be on PATH (make test installs them)"
-            )
+            raise FileNotFoundError("redis-server and redis-cli must be on PATH (make test)")
         for port in self.ports:
             home = self.workdir / str(port)
-            home.mkdir()
+            home.mkdir(exist_ok=True)
+            (home / "nodes.conf").unlink(missing_ok=True)
             args = [
                 binary,
                 *self._listen(port),
