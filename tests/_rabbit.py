@@ -13,8 +13,16 @@ import pytest
 USER = "guest"  # RabbitMQ's default user, allowed from loopback only
 
 
-def _ctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+def _ctl(*args: str) -> str:
+    done = subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+    return done.stdout.decode()
+
+
+def queue_types(url: str) -> dict[str, str]:
+    """Queue name -> type (classic, quorum) in the vhost of an `amqp://` URL."""
+    vhost = url.rsplit("/", 1)[1]
+    out = _ctl("list_queues", "-p", vhost, "--quiet", "--no-table-headers", "name", "type")
+    return dict(line.split("\t") for line in out.splitlines() if "\t" in line)
 
 
 @pytest.fixture

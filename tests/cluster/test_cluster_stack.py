@@ -11,7 +11,7 @@ from batchrelay.emulator import start_emulator
 from batchrelay.producer.keys import tag_of
 
 from batchrelay import BatchRelay
-from tests._rabbit import rabbit_url  # noqa: F401
+from tests._rabbit import queue_types, rabbit_url  # noqa: F401
 from tests._stack import Stack
 from tests.relay.harness import fast_emulator_config
 from tests.relay.test_stack import check_delivered_once, stack_settings, submit_mixed
@@ -41,6 +41,8 @@ def run_two_thousand(state_url: str, broker: str, receiver, tmp_path) -> None:
             check_delivered_once(producer, receiver, ids, texts, emu)
             twice = {rid: len(d) for rid, d in receiver.by_id().items() if len(d) > 1}
             assert not twice, twice
+            if broker.startswith("amqp://"):
+                assert queue_types(broker)[settings.queue] == "quorum"
             # RedBeat's schedule and lock live on the cluster.
             prefix = f"{settings.key_prefix}:redbeat"
             assert producer.redis.exists(f"{prefix}:lock", f"{prefix}:schedule") == 2
