@@ -10,6 +10,7 @@ from rich.table import Table
 
 from batchrelay import ops
 from batchrelay.costs import CostRow, read_costs
+from batchrelay.producer.connection import connect
 from batchrelay.producer.keys import Keys
 from batchrelay.run import count, usd
 
@@ -32,10 +33,9 @@ def costs(
     json: ops.JsonOpt = False,
 ) -> None:
     """Requests, tokens and cost per tenant, UTC date and model, of final results."""
-    import redis
 
     settings = ops._settings()
-    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    client = connect(settings)
     try:
         rows = read_costs(client, Keys(settings.key_prefix), tenant=tenant, since=_since(since))
     finally:

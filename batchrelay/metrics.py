@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 
 from batchrelay import metrics_store
 from batchrelay.config import Settings
+from batchrelay.producer.connection import connect
 from batchrelay.producer.keys import Keys
 from batchrelay.producer.records import now_ms
 from batchrelay.provider_webhooks import MAX_BODY, Refused, receive
@@ -222,7 +223,7 @@ def monitoring_router(settings: Settings, client: redis.Redis) -> APIRouter:
 
 def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI:
     """The exporter's HTTP app: the monitoring routes alone."""
-    client = client or redis.Redis.from_url(settings.redis_url.get_secret_value())
+    client = client or connect(settings)
     app = FastAPI(title="batchrelay metrics", docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(monitoring_router(settings, client))
     return app

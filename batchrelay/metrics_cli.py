@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import redis
 import typer
 
 from batchrelay import ops
+from batchrelay.producer.connection import connect
 
 
 @ops.reads_redis
@@ -21,7 +21,7 @@ def _serve(host: str, port: int) -> None:
         raise ops._fail(
             f"{exc}: install the exporter with: pip install 'batchrelay[metrics]'"
         ) from None
-    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    client = connect(settings)
     client.ping()  # an unreachable Redis is one line and exit 69, not a server of errors
     typer.echo(
         f"batchrelay metrics on http://{host}:{port}/metrics, provider webhooks at "

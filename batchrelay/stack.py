@@ -71,7 +71,14 @@ DEV_SETTINGS: dict[str, Any] = {
     "webhook_allow_hosts": ["127.0.0.1", "localhost", "::1"],
 }
 # What a web app (the producer side) needs to reach this stack and verify its webhooks.
-APP_SETTINGS = ("redis_url", "key_prefix", "providers", "webhook_secrets", "webhook_allow_hosts")
+APP_SETTINGS = (
+    "redis_url",
+    "redis_cluster",
+    "key_prefix",
+    "providers",
+    "webhook_secrets",
+    "webhook_allow_hosts",
+)
 
 NO_REDIS = (
     "redis-server is not on PATH. Install it (Debian/Ubuntu: `sudo apt-get install "
@@ -130,8 +137,8 @@ def app_env(
                 }
                 for p in settings.providers
             ]
-        elif name == "redis_url":
-            value = settings.redis_url.get_secret_value()
+        elif name in ("redis_url", "broker_url"):
+            value = getattr(settings, name).get_secret_value()
         elif name == "webhook_secrets":
             value = [s.get_secret_value() for s in settings.webhook_secrets]
         out[f"BATCHRELAY_{name.upper()}"] = (

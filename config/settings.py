@@ -302,6 +302,9 @@ def _check_webhook_secret(value: SecretStr) -> SecretStr:
     return value
 
 
+BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps")
+
+
 def config_file_sources(settings_cls: type[BaseSettings]) -> list[PydanticBaseSettingsSource]:
     """The TOML file named by BATCHRELAY_CONFIG_FILE, below the environment and `.env`."""
     config_file = os.environ.get("BATCHRELAY_CONFIG_FILE")
@@ -323,6 +326,11 @@ class Settings(BaseSettings):
     )
 
     redis_url: RedisUrl = RedisUrl("redis://127.0.0.1:6379/0")
+    # None: ask the server (INFO cluster_enabled); true/false: skip the question.
+    redis_cluster: bool | None = None
+    # Celery's broker; None: the Redis URL, which a Redis Cluster cannot be (kombu has no
+    # cluster transport), so a cluster needs a standalone Redis or RabbitMQ here.
+    broker_url: RedisUrl | None = None
     key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")] = "br"
     queue: Annotated[str, Field(min_length=1)] = "batchrelay"
     providers: list[ProviderProfile] = Field(default_factory=list)
@@ -379,6 +387,13 @@ class Settings(BaseSettings):
     def _redis_url(cls, value: RedisUrl) -> RedisUrl:
         if urlsplit(value.get_secret_value()).scheme not in ("redis", "rediss", "unix"):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, value: RedisUrl | None) -> RedisUrl | None:
+        if value is not None and urlsplit(value.get_secret_value()).scheme not in BROKER_SCHEMES:
+            raise ValueError("must start with " + ", ".join(f"{s}://" for s in BROKER_SCHEMES))
         return value
 
     @field_validator("webhook_secrets")

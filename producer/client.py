@@ -12,16 +12,19 @@ import asyncio
 import functools
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import redis
-import redis.asyncio as aredis
 from batchrelay.config import Settings, load_settings
 from batchrelay.config.tenants import Tenants
-from batchrelay.producer import commands
+from batchrelay.producer import cluster, commands
 from batchrelay.producer.callbacks import Callback, Webhook
+from batchrelay.producer.connection import AsyncClient, Client, aconnect, connect
 from batchrelay.producer.core import Core, Flow, Listen, Pause, Pipeline, SubmitItem, Submitted
 from batchrelay.producer.records import RequestStatus, StateCounts
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 __all__ = ["AsyncBatchRelay", "BatchRelay", "SubmitItem"]
@@ -40,19 +43,28 @@ class BatchRelay:
         self,
         settings: Settings | None = None,
         *,
-        client: redis.Redis | None = None,
+        client: Client | None = None,
         tenants: Tenants | None = None,
     ):
         self._core = Core(settings or load_settings(), tenants)
         self.settings = self._core.settings
-        self.redis = client or redis.Redis.from_url(self.settings.redis_url.get_secret_value())
+        self._client = client
+
+    @property
+    def redis(self) -> Client:
+        """The client, made on first use: whether the URL is a cluster is asked of Redis,
+        and a web app may build its relay before Redis is up."""
+        if self._client is None:
+            self._client = connect(self.settings)
+        return self._client
 
     @classmethod
     def from_env(cls) -> BatchRelay:
         return cls(load_settings())
 
     def close(self) -> None:
-        self.redis.close()
+        if self._client is not None:
+            self._client.close()
 
     def __enter__(self) -> BatchRelay:
         return self
@@ -129,6 +141,7 @@ class BatchRelay:
     def _drive(self, flow: Flow[T]) -> T:
         pubsub = None
         try:
+            client = self.redis
             reply: Any = None
             while True:
                 try:
@@ -137,14 +150,19 @@ class BatchRelay:
                     return stop.value
                 reply = None
                 if isinstance(step, Pipeline):
-                    reply = self._execute(step)
+                    reply = self._execute(client, step)
                 elif isinstance(step, Listen):
-                    pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-                    pubsub.subscribe(*step.channels)
+                    pubsub = client.pubsub(ignore_subscribe_messages=True)
+                    if isinstance(client, RedisCluster):
+                        cluster.retrying(client, partial(pubsub.ssubscribe, *step.channels))
+                        receive = pubsub.get_sharded_message
+                    else:
+                        pubsub.ssubscribe(*step.channels)
+                        receive = pubsub.get_message
                 elif isinstance(step, Pause) and pubsub is not None:
                     started = time.monotonic()
-                    if pubsub.get_message(timeout=step.seconds) is not None:
-                        while pubsub.get_message(timeout=0) is not None:
+                    if receive(timeout=step.seconds) is not None:
+                        while receive(timeout=0) is not None:
                             pass
                     time.sleep(max(0.0, started + step.at_least - time.monotonic()))
         except UNAVAILABLE as exc:
@@ -154,14 +172,17 @@ class BatchRelay:
             if pubsub is not None:
                 pubsub.close()
 
-    def _execute(self, step: Pipeline) -> list[Any]:
-        """One round trip; a restarted or flushed Redis lost the script: load it and send
-        the pipeline again (every step of a flow is safe to repeat)."""
+    @staticmethod
+    def _execute(client: Client, step: Pipeline) -> list[Any]:
+        """One round trip (one per master on a cluster); a restarted or flushed Redis lost
+        the script: load it and send the pipeline again (every step is safe to repeat)."""
+        if isinstance(client, RedisCluster):
+            return cluster.execute(client, step)
         try:
-            return step.queue_on(self.redis.pipeline(transaction=False)).execute()
+            return step.queue_on(client.pipeline(transaction=False)).execute()
         except NoScriptError:
-            self.redis.script_load(commands.SOURCE)
-            return step.queue_on(self.redis.pipeline(transaction=False)).execute()
+            client.script_load(commands.SOURCE)
+            return step.queue_on(client.pipeline(transaction=False)).execute()
 
 
 class AsyncBatchRelay:
@@ -171,19 +192,31 @@ class AsyncBatchRelay:
         self,
         settings: Settings | None = None,
         *,
-        client: aredis.Redis | None = None,
+        client: AsyncClient | None = None,
         tenants: Tenants | None = None,
     ):
         self._core = Core(settings or load_settings(), tenants)
         self.settings = self._core.settings
-        self.redis = client or aredis.Redis.from_url(self.settings.redis_url.get_secret_value())
+        self._client = client
+        self._nodes: cluster.AsyncNodes | None = None
+
+    async def client(self) -> AsyncClient:
+        """The client, made on first use (see `BatchRelay.redis`)."""
+        if self._client is None:
+            self._client = await aconnect(self.settings)
+        if isinstance(self._client, AsyncRedisCluster) and self._nodes is None:
+            self._nodes = cluster.AsyncNodes(self._client)
+        return self._client
 
     @classmethod
     def from_env(cls) -> AsyncBatchRelay:
         return cls(load_settings())
 
     async def aclose(self) -> None:
-        await self.redis.aclose()
+        if self._nodes is not None:
+            await self._nodes.aclose()
+        if self._client is not None:
+            await self._client.aclose()
 
     async def __aenter__(self) -> AsyncBatchRelay:
         return self
@@ -249,6 +282,7 @@ class AsyncBatchRelay:
         pubsub = None
         loop = asyncio.get_running_loop()
         try:
+            client = await self.client()
             reply: Any = None
             while True:
                 try:
@@ -257,14 +291,20 @@ class AsyncBatchRelay:
                     return stop.value
                 reply = None
                 if isinstance(step, Pipeline):
-                    reply = await self._execute(step)
+                    reply = await self._execute(client, step)
                 elif isinstance(step, Listen):
-                    pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-                    await pubsub.subscribe(*step.channels)
+                    pubsub = client.pubsub(ignore_subscribe_messages=True)
+                    if isinstance(client, AsyncRedisCluster):
+                        subscribe = partial(pubsub.ssubscribe, *step.channels)
+                        await cluster.aretrying(client, subscribe)
+                        receive = pubsub.get_sharded_message
+                    else:
+                        await pubsub.ssubscribe(*step.channels)
+                        receive = pubsub.get_message
                 elif isinstance(step, Pause) and pubsub is not None:
                     started = loop.time()
-                    if await pubsub.get_message(timeout=step.seconds) is not None:
-                        while await pubsub.get_message(timeout=0) is not None:
+                    if await receive(timeout=step.seconds) is not None:
+                        while await receive(timeout=0) is not None:
                             pass
                     await asyncio.sleep(max(0.0, started + step.at_least - loop.time()))
         except UNAVAILABLE as exc:
@@ -274,9 +314,11 @@ class AsyncBatchRelay:
             if pubsub is not None:
                 await pubsub.aclose()
 
-    async def _execute(self, step: Pipeline) -> list[Any]:
+    async def _execute(self, client: AsyncClient, step: Pipeline) -> list[Any]:
+        if self._nodes is not None:
+            return await cluster.aexecute(self._nodes, step)
         try:
-            return await step.queue_on(self.redis.pipeline(transaction=False)).execute()
+            return await step.queue_on(client.pipeline(transaction=False)).execute()
         except NoScriptError:
-            await self.redis.script_load(commands.SOURCE)
-            return await step.queue_on(self.redis.pipeline(transaction=False)).execute()
+            await client.script_load(commands.SOURCE)
+            return await step.queue_on(client.pipeline(transaction=False)).execute()

@@ -23,8 +23,9 @@ Request and batch ids embed the tag, so a key can be found from an id alone.
     {p}:{tag}:lock:{bid}        string a worker's lease on one batch
     {p}:{tag}:bill              zset   request id -> when final: requests of a tenant whose
                                        cost is not yet counted in the tenant's totals
+    {p}:{tag}:done              sharded pub/sub channel (SPUBLISH): space-separated ids of
+                                       requests just made final, in the group's slot
     {p}:idem:{sha256(key)}      string "rid fingerprint" of an idempotency key (see `idem`)
-    {p}:done:{tag}              pubsub channel: space-separated ids of requests just made final
 
 Counters the workers keep for the metrics exporter (see batchrelay/metrics_store.py):
 
@@ -183,7 +184,7 @@ class Keys:
         return f"{self.prefix}:idem:{hashlib.sha256(key.encode()).hexdigest()}"
 
     def done(self, tag: str) -> str:
-        return f"{self.prefix}:done:{tag}"
+        return f"{self._g(tag)}:done"
 
     @property
     def metric_counters(self) -> str:

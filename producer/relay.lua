@@ -26,7 +26,8 @@ end
 
 -- Final states are announced on the group's `done` channel (ARGV[2]), one message per call
 -- listing the request ids, so result() can wait without polling and a 500-line chunk costs
--- one PUBLISH, not 500.
+-- one SPUBLISH, not 500. Sharded pub/sub (Redis 7): the channel carries the group's tag, so on
+-- a cluster the script publishes on its own node and subscribers listen there.
 local function final(rk, state, now, retention_ms, fields)
   redis.call('HSET', rk, 'state', state, 'finished', now, unpack(fields))
   redis.call('HDEL', rk, 'body')  -- never read again; only the result is kept
@@ -144,7 +145,7 @@ if cmd == 'settle' then
   end
   if #finished > 0 then
     keep_alive(KEYS[4], now, retention_ms)
-    redis.call('PUBLISH', ARGV[2], table.concat(finished, ' '))
+    redis.call('SPUBLISH', ARGV[2], table.concat(finished, ' '))
   end
   return {counts.ok, counts.fail, counts.retry, counts.requeue, counts.stale}
 end
@@ -347,7 +348,7 @@ if cmd == 'cancel' then
   if cancellable then
     final(KEYS[3], 'cancelled', now, retention_ms, {})
     keep_alive(KEYS[4], now, retention_ms)
-    redis.call('PUBLISH', ARGV[2], rid)
+    redis.call('SPUBLISH', ARGV[2], rid)
     return 'ok'
   end
   return redis.call('HGET', KEYS[3], 'state') or ''

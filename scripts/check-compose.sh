@@ -10,6 +10,9 @@
 # 3. Flower and Grafana stay behind auth: the file must be refused when FLOWER_BASIC_AUTH or
 #    GRAFANA_ADMIN_PASSWORD is missing.
 # 4. The monitoring files it mounts exist: deploy/prometheus.yml and deploy/grafana/.
+# 5. docker-compose.cluster.yml (state on a Redis Cluster, broker on RabbitMQ) merged over
+#    it: valid, RabbitMQ as the broker of worker, beat and Flower, refused without
+#    RABBITMQ_PASSWORD; checked against the schema in step 2 too.
 #
 # Idempotent: a second run installs nothing.
 set -euo pipefail
@@ -80,6 +83,25 @@ done
 python3 -c 'import json, sys; json.load(open(sys.argv[1]))' deploy/grafana/dashboards/batchrelay.json \
   || die "deploy/grafana/dashboards/batchrelay.json is not valid JSON"
 
+# --- 4. the cluster variant: state on a Redis Cluster, the broker on RabbitMQ --------------
+CLUSTER_FILE=docker-compose.cluster.yml
+[ -f "$CLUSTER_FILE" ] || die "$CLUSTER_FILE not found"
+with_rabbit="$(mktemp)"
+trap 'rm -f "$no_auth" "$with_rabbit"' EXIT
+{ cat "$ENV_EXAMPLE"; echo "RABBITMQ_PASSWORD=check"; } >"$with_rabbit"
+cluster() {
+  env -u RABBITMQ_PASSWORD ENV_FILE="$ENV_EXAMPLE" "${COMPOSE[@]}" -f "$FILE" -f "$CLUSTER_FILE" "$@"
+}
+cluster --env-file "$with_rabbit" config -q || die "$FILE + $CLUSTER_FILE is not valid"
+[ "$(cluster --env-file "$with_rabbit" config --services | sort | tr '\n' ' ')" \
+  = "beat emulator flower rabbitmq redis worker " ] || die "$CLUSTER_FILE: unexpected services"
+broker="BATCHRELAY_BROKER_URL: amqp://batchrelay:check@rabbitmq:5672/batchrelay"
+[ "$(cluster --env-file "$with_rabbit" config | grep -c "$broker")" -eq 3 ] \
+  || die "$CLUSTER_FILE: worker, beat and flower must all get the RabbitMQ broker"
+if cluster --env-file "$ENV_EXAMPLE" config -q >/dev/null 2>&1; then
+  die "$CLUSTER_FILE accepted a configuration without RABBITMQ_PASSWORD"
+fi
+
 # --- 2. the current Compose Specification schema ------------------------------------------
 if ! "$CACHE/venv/bin/check-jsonschema" --version 2>/dev/null \
   | grep -q "$CHECK_JSONSCHEMA_VERSION"; then
@@ -90,7 +112,7 @@ if ! "$CACHE/venv/bin/check-jsonschema" --version 2>/dev/null \
   "$CACHE/venv/bin/pip" install -q --disable-pip-version-check \
     "check-jsonschema==$CHECK_JSONSCHEMA_VERSION" || die "pip install check-jsonschema failed"
 fi
-"$CACHE/venv/bin/check-jsonschema" --builtin-schema vendor.compose-spec "$FILE" \
-  || die "$FILE does not match the Compose Specification schema"
+"$CACHE/venv/bin/check-jsonschema" --builtin-schema vendor.compose-spec "$FILE" "$CLUSTER_FILE" \
+  || die "$FILE or $CLUSTER_FILE does not match the Compose Specification schema"
 
-echo "check-compose: $FILE is valid (services: $services)"
+echo "check-compose: $FILE and $CLUSTER_FILE are valid (services: $services)"

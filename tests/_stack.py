@@ -30,8 +30,8 @@ def settings_env(settings: Any) -> dict[str, str]:
             continue
         if name == "providers":
             value = [{**p, **_secret_fields(settings.profile(p["name"]))} for p in value]
-        if name == "redis_url":
-            value = settings.redis_url.get_secret_value()
+        if name in ("redis_url", "broker_url"):
+            value = getattr(settings, name).get_secret_value()
         if name == "webhook_secrets":
             value = [s.get_secret_value() for s in settings.webhook_secrets]
         text = value if isinstance(value, str) else orjson.dumps(value).decode()

@@ -7,7 +7,9 @@ loading its AOF; this scheduler logs and retries a second later, at start and on
 Losing the lock to another beat still exits (two active beats would double every tick).
 
 The app's `redbeat_redis_url` is the masked URL (Celery's `inspect conf` and Flower show it
-as is); this scheduler connects with the clear URL from the app's settings.
+as is); this scheduler hands RedBeat a client built from the app's settings
+(`producer.connection`), so the schedule and lock live on the state Redis, a cluster too
+(RedBeat's pipelines are not transactions there, and its lock is one key).
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
+from batchrelay.producer.connection import connect
 from batchrelay.worker.celery_app import relay_of
 from batchrelay.worker.dispatch import PROBES
 from celery import Celery
 from kombu.exceptions import OperationalError
 from redbeat import RedBeatScheduler
+from redbeat.schedulers import REDBEAT_REDIS_KEY, acquire_distributed_beat_lock
 from redbeat.schedulers import RedBeatSchedulerEntry as ScheduleEntry
-from redbeat.schedulers import acquire_distributed_beat_lock, ensure_conf
 from redis.exceptions import ConnectionError, TimeoutError
 
 log = logging.getLogger(__name__)
@@ -35,14 +38,17 @@ UNAVAILABLE = (ConnectionError, TimeoutError, OperationalError)
 class ResilientRedBeatScheduler(RedBeatScheduler):
     def __init__(self, app: Celery, *args: Any, **kwargs: Any) -> None:
         settings = app.batchrelay_settings  # type: ignore[attr-defined]
+        self._settings = settings
         self._shown_url = str(settings.redis_url)
-        ensure_conf(app).redis_url = settings.redis_url.get_secret_value()
         super().__init__(app, *args, **kwargs)
 
     def setup_schedule(self) -> None:
         """Store the static schedule, waiting for Redis however long it takes to answer."""
         while True:
             try:
+                if getattr(self.app, REDBEAT_REDIS_KEY, None) is None:
+                    client = connect(self._settings, decode_responses=True)
+                    setattr(self.app, REDBEAT_REDIS_KEY, client)
                 super().setup_schedule()
                 return
             except UNAVAILABLE as exc:

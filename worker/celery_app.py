@@ -7,9 +7,11 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 from batchrelay.config import Settings
 from batchrelay.worker.context import Relay
+from batchrelay.worker.state import broker_url
 from celery import Celery
 
 TASK_MODULE = "batchrelay.worker.tasks"
@@ -17,7 +19,7 @@ TASK_MODULE = "batchrelay.worker.tasks"
 
 def create_app(settings: Settings) -> Celery:
     settings.require_providers()
-    app = Celery("batchrelay", broker=settings.redis_url.get_secret_value(), include=[TASK_MODULE])
+    app = Celery("batchrelay", broker=broker_url(settings), include=[TASK_MODULE])
     vt = settings.visibility_timeout_s
     tick = timedelta(seconds=settings.tick_s)
     expires = {"expires": settings.tick_s * 5}
@@ -47,7 +49,7 @@ def create_app(settings: Settings) -> Celery:
         beat_max_loop_interval=loop_s,
         beat_scheduler="batchrelay.worker.beat:ResilientRedBeatScheduler",
         # Shown by `inspect conf` and Flower, which mask broker_url but not this key: the
-        # masked form. ResilientRedBeatScheduler connects with the settings' clear URL.
+        # masked form. ResilientRedBeatScheduler connects with the settings (a cluster too).
         redbeat_redis_url=str(settings.redis_url),
         redbeat_key_prefix=f"{settings.key_prefix}:redbeat",
         redbeat_lock_timeout=loop_s * 5,
@@ -62,6 +64,11 @@ def create_app(settings: Settings) -> Celery:
             },
         },
     )
+    if urlsplit(app.conf.broker_url).scheme.startswith("amqp"):
+        # RabbitMQ: batchrelay's queue is a quorum queue (replicated, survives a node) and a
+        # publish waits for the broker's confirm. Redis' visibility timeout does not apply.
+        app.conf.task_default_queue_type = "quorum"
+        app.conf.broker_transport_options = {"confirm_publish": True}
     app.batchrelay_settings = settings  # type: ignore[attr-defined]
     app.batchrelay_relay = None  # type: ignore[attr-defined]
     return app

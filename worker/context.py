@@ -17,6 +17,7 @@ import httpx
 import orjson
 import redis
 from batchrelay.config import Settings
+from batchrelay.producer.connection import Client, connect
 from batchrelay.producer.keys import Keys, tag_of
 from batchrelay.producer.records import now_ms
 from batchrelay.worker.providers import BatchAdapter, make_adapter
@@ -45,10 +46,10 @@ class Group:
 
 
 class Relay:
-    def __init__(self, settings: Settings, client: redis.Redis | None = None):
+    def __init__(self, settings: Settings, client: Client | None = None):
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
-        self.redis = client or redis.Redis.from_url(settings.redis_url.get_secret_value())
+        self.redis = client or connect(settings)
         self._adapters: dict[str, BatchAdapter] = {}
         self._webhooks: httpx.Client | None = None
         self._group_meta: dict[str, dict[str, str]] = {}
