@@ -283,7 +283,7 @@ def create_app(settings: Settings, tenants: Tenants) -> FastAPI:
     async def healthz() -> dict[str, str]:
         """200 while Redis answers, else 503."""
         try:
-            await relay().redis.ping()
+            await (await relay().client()).ping()
         except UNAVAILABLE as exc:
             raise unavailable(settings, exc) from exc
         return {"status": "ok"}
