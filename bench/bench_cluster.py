@@ -30,7 +30,7 @@ from tests._stack import Stack
 from tests.relay.harness import all_final, drive, fast_emulator_config, relay_settings
 
 N_INTAKE = int(os.environ.get("BENCH_N_INTAKE", "40000"))
-N_PIPELINE = int(os.environ.get("BENCH_N_PIPELINE", "2000"))
+N_PIPELINE = int(os.environ.get("BENCH_N_PIPELINE", "6000"))
 N_MEMORY = int(os.environ.get("BENCH_N_MEMORY", "10000"))
 NODE_GB = float(os.environ.get("BENCH_NODE_GB", "8"))
 MODELS = [f"gpt-4o-mini-{i}" for i in range(16)]  # 16 groups, spread over the masters

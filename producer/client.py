@@ -205,6 +205,7 @@ class AsyncBatchRelay:
         if self._client is None:
             self._client = await aconnect(self.settings)
         if isinstance(self._client, AsyncRedisCluster) and self._nodes is None:
+            await self._client.initialize()  # the slot map, before a first SSUBSCRIBE
             self._nodes = cluster.AsyncNodes(self._client)
         return self._client
 

@@ -29,6 +29,7 @@ from redis.exceptions import (
     ClusterDownError,
     MovedError,
     NoScriptError,
+    SlotNotCoveredError,
     TryAgainError,
 )
 
@@ -43,6 +44,7 @@ TOPOLOGY_ERRORS = (
     AskError,
     ClusterDownError,
     MovedError,
+    SlotNotCoveredError,
     TryAgainError,
     redis.ConnectionError,
     redis.TimeoutError,
@@ -187,7 +189,6 @@ async def _aper_node(nodes: AsyncNodes, queued: Queued) -> list[Any]:
                     raise
                 await client.script_load(commands.SOURCE)
 
-    await nodes.cluster.initialize()  # a no-op once the slot map is known
     parts = by_node(queued, nodes.cluster.get_node_from_key)
     await asyncio.gather(*(send(node, idx) for node, idx in parts.values()))
     return replies

@@ -118,6 +118,8 @@ def test_async_producer_on_a_cluster(cluster_url):
                 await asyncio.to_thread(driver.join, 60)
                 assert [r["status"] for r in results] == ["succeeded"] * 5
                 assert (await producer.wait(ids, timeout=10)).succeeded == 60
+            async with AsyncBatchRelay(settings) as fresh:  # a result() as its first call
+                assert (await fresh.result(ids[7], timeout=10))["status"] == "succeeded"
 
         def relay_done(ids: list[str]) -> bool:
             return all(relay.redis.hget(relay.keys.req(r), "state") == b"succeeded" for r in ids)

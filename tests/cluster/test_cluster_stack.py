@@ -4,17 +4,33 @@ a real webhook receiver; and a master SIGKILLed mid-run."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from collections import Counter
 
 import pytest
 from batchrelay.emulator import start_emulator
 from batchrelay.producer.keys import tag_of
 
-from batchrelay import BatchRelay
+from batchrelay import AsyncBatchRelay, BatchRelay
 from tests._rabbit import queue_types, rabbit_url  # noqa: F401
 from tests._stack import Stack
 from tests.relay.harness import fast_emulator_config
 from tests.relay.test_stack import check_delivered_once, stack_settings, submit_mixed
+
+
+def wait_sync(settings, rid: str) -> str:
+    with BatchRelay(settings) as relay:
+        return relay.result(rid, timeout=120)["status"]
+
+
+def wait_async(settings, rid: str) -> str:
+    async def wait() -> str:
+        async with AsyncBatchRelay(settings) as relay:
+            return (await relay.result(rid, timeout=120))["status"]
+
+    return asyncio.run(wait())
 
 
 @pytest.fixture
@@ -103,10 +119,29 @@ def test_a_master_killed_mid_run_loses_nothing(
                 for name, _ in open_on.most_common()
                 if (node := cluster.get_node(node_name=name)).port != named
             )
+            # Waiting on a request of the victim's groups across the failover: result() and
+            # wait() subscribe again on the new master, sync and asyncio.
+            rid = next(
+                r
+                for r in ids
+                if r not in receiver.ok_ids()
+                and cluster.get_node_from_key(keys.pending(tag_of(r))) == victim
+            )
+            waited: dict[str, object] = {}
+            waiters = [
+                threading.Thread(target=lambda: waited.update(sync=wait_sync(settings, rid))),
+                threading.Thread(target=lambda: waited.update(aio=wait_async(settings, rid))),
+            ]
+            for waiter in waiters:
+                waiter.start()
+            time.sleep(1)  # subscribed
             redis_cluster.kill(victim.port)
             redis_cluster.wait_failover(victim.port)
             stack.wait_until(lambda: receiver.wait_for(600, 0.01), 180, "600 webhooks")
             check_delivered_once(producer, receiver, ids, texts, emu)
+            for waiter in waiters:
+                waiter.join(60)
+            assert waited == {"sync": "succeeded", "aio": "succeeded"}, waited
         finally:
             stack.stop()
             producer.close()
