@@ -24,6 +24,7 @@ from batchrelay.producer.errors import (
     RequestTooLargeError,
     ResultTimeoutError,
     StreamingNotSupportedError,
+    SubmitTooLargeError,
     UnknownEndpointError,
     UnknownModelError,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "ResultTimeoutError",
     "StreamingNotSupportedError",
     "SubmitItem",
+    "SubmitTooLargeError",
     "UnknownEndpointError",
     "UnknownModelError",
     "Webhook",

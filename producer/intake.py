@@ -37,7 +37,19 @@ MESSAGES = MESSAGES_ENDPOINT
 GEMINI_PATH = re.compile(r"/(?:v1|v1beta)/models/([A-Za-z0-9][A-Za-z0-9._-]*):([A-Za-z]+)")
 
 
-@dataclass(frozen=True)
+def compact(encoded: bytes) -> bytes:
+    """`encoded` in a buffer of its own size. orjson returns bytes whose allocation keeps
+    its working buffer (about 4 KiB for a 150-byte body); a `submit_many` call holds every
+    encoded request until all are checked, so 200,000 small ones held 800 MB, not 40."""
+    return bytes(memoryview(encoded)) if encoded else encoded
+
+
+def dumps_compact(value: Any) -> bytes:
+    """`orjson.dumps`, kept at its own size (see `compact`)."""
+    return compact(orjson.dumps(value))
+
+
+@dataclass(frozen=True, slots=True)
 class Prepared:
     """A checked request, ready to be stored."""
 
@@ -175,7 +187,7 @@ class Intake:
         if endpoint == MESSAGES:
             _check_messages_body(body)
         try:
-            body_json = orjson.dumps(body)
+            body_json = dumps_compact(body)
         except TypeError as exc:
             raise errors.InvalidRequestError(f"body is not JSON-serialisable: {exc}") from None
         _refuse_non_finite("body", body, body_json, errors.InvalidRequestError)
@@ -198,7 +210,7 @@ class Intake:
             model=model,
             body_json=body_json,
             line_bytes=line_bytes,
-            callback_json=callback_json(validate_callback(callback, self.policy)),
+            callback_json=compact(callback_json(validate_callback(callback, self.policy))),
             metadata_json=_metadata_json(metadata),
             idempotency_key=_idempotency_key(idempotency_key),
             tenant=tenant_name(tenant),
@@ -262,7 +274,7 @@ def _metadata_json(metadata: Mapping[str, Any] | None) -> bytes:
     if not all(isinstance(k, str) for k in metadata):
         raise errors.InvalidMetadataError("metadata keys must be strings")
     try:
-        encoded = orjson.dumps(metadata)
+        encoded = dumps_compact(metadata)
     except TypeError as exc:
         raise errors.InvalidMetadataError(f"metadata is not JSON-serialisable: {exc}") from None
     _refuse_non_finite("metadata", metadata, encoded, errors.InvalidMetadataError)
