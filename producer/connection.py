@@ -9,6 +9,7 @@ pub/sub), which a cluster needs and a single Redis has since 7.0.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -102,3 +103,25 @@ async def aconnect(settings: Settings, **options: Any) -> AsyncClient:
         _check_db(settings)
         return AsyncRedisCluster.from_url(url, **options)
     return aredis.Redis.from_url(url, **options)
+
+
+class LazyClient:
+    """A sync client made on first use: a server (`batchrelay serve`) starts while Redis is
+    down and answers 503 until it is back, instead of failing at start. Telling a cluster
+    from a single Redis needs the server, hence not at construction."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._client: Client | None = None
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = connect(self._settings)
+        return getattr(self._client, name)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()

@@ -31,7 +31,7 @@ from batchrelay.metrics import monitoring_router
 from batchrelay.producer import errors
 from batchrelay.producer.callbacks import CeleryTask, Webhook
 from batchrelay.producer.client import UNAVAILABLE, AsyncBatchRelay
-from batchrelay.producer.connection import connect
+from batchrelay.producer.connection import LazyClient
 from batchrelay.producer.core import SubmitItem, unavailable
 from batchrelay.producer.keys import Keys
 from batchrelay.producer.records import RequestStatus
@@ -139,7 +139,7 @@ def create_app(settings: Settings, tenants: Tenants) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         state["relay"] = AsyncBatchRelay(settings, tenants=tenants)
-        state["sync"] = connect(settings)  # `GET /v1/usage` reads in a thread
+        state["sync"] = LazyClient(settings)  # `GET /v1/usage` reads in a thread
         yield
         await state["relay"].aclose()
         state["sync"].close()
@@ -153,7 +153,7 @@ def create_app(settings: Settings, tenants: Tenants) -> FastAPI:
     app.state.tenants = tenants
     # Prometheus scrapes and providers' batch webhooks, as on `batchrelay metrics`; left out
     # of the API's schema (they are not tenant calls).
-    monitor = connect(settings)
+    monitor = LazyClient(settings)
     app.include_router(monitoring_router(settings, monitor), include_in_schema=False)
     _with_problem_schema(app)
     app.add_middleware(BodyLimits)
