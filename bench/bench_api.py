@@ -24,12 +24,12 @@ from pathlib import Path
 import httpx
 import orjson
 import redis.asyncio as aredis
-from batchrelay.config import load_settings
-from batchrelay.config.tenants import key_digest
 from fastapi import FastAPI, Request
 from fastapi.responses import ORJSONResponse
 
 from batchrelay import BatchRelay
+from batchrelay.config import load_settings
+from batchrelay.config.tenants import key_digest
 from bench._redis import private_redis
 from bench.bench_submit import ENDPOINT, body
 from tests._redis import free_port

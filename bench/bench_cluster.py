@@ -19,10 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from batchrelay import BatchRelay, Webhook
 from batchrelay.config import load_settings
 from batchrelay.emulator import start_emulator
-
-from batchrelay import BatchRelay, Webhook
 from bench._redis import private_redis
 from tests._cluster import RedisClusterServers
 from tests._receiver import WebhookReceiver

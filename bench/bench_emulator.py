@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import orjson
+
 from batchrelay.emulator import EmulatorConfig, start_emulator
 from batchrelay.emulator.config import DEFAULT_MODELS
 from batchrelay.emulator.results import write_openai_results

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import httpx
 import orjson
+
+from batchrelay import BatchRelay
 from batchrelay.config import load_settings
 from batchrelay.worker.collection import collect_batch
 from batchrelay.worker.context import Relay
 from batchrelay.worker.packing import aggregate
 from batchrelay.worker.submission import submit_batch
-
-from batchrelay import BatchRelay
 from bench._redis import private_redis
 from bench._rss import PeakRss
 from tests._redis import free_port

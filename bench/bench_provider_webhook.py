@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 import orjson
-from batchrelay.emulator import start_emulator
-from batchrelay.emulator.lifecycle import terminal_time
 
 from batchrelay import BatchRelay, Webhook
+from batchrelay.emulator import start_emulator
+from batchrelay.emulator.lifecycle import terminal_time
 from bench._redis import private_redis
 from tests._receiver import WebhookReceiver
 from tests._stack import Stack

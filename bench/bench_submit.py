@@ -13,9 +13,9 @@ import time
 import uuid
 
 import orjson
-from batchrelay.config import load_settings
 
 from batchrelay import BatchRelay
+from batchrelay.config import load_settings
 from bench._redis import private_redis
 
 N_MANY = int(os.environ.get("BENCH_N_MANY", "50000"))

@@ -16,9 +16,9 @@ import sys
 import time
 
 import orjson
-from batchrelay.config import load_settings
 
 from batchrelay import BatchRelay
+from batchrelay.config import load_settings
 from bench._redis import private_redis
 from bench._rss import PeakRss
 from bench.bench_submit import ENDPOINT, body

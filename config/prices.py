@@ -26,8 +26,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from batchrelay.config.errors import ConfigurationError
-from batchrelay.config.settings import config_file_sources
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
@@ -35,6 +33,9 @@ from pydantic_settings import (
     SettingsConfigDict,
     SettingsError,
 )
+
+from batchrelay.config.errors import ConfigurationError
+from batchrelay.config.settings import config_file_sources
 
 NonNegative = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]

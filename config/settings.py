@@ -15,18 +15,6 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from batchrelay.config.errors import ConfigurationError
-from batchrelay.config.kinds import (
-    KIND_SETTINGS,
-    KINDS,
-    OPENAI,
-    VENDORS,
-    ProviderKind,
-    Vendor,
-    kinds_with,
-)
-from batchrelay.config.urls import RedisUrl, redacted
-from batchrelay.config.webhook_secrets import webhook_secret_key
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -44,6 +32,19 @@ from pydantic_settings import (
     SettingsError,
     TomlConfigSettingsSource,
 )
+
+from batchrelay.config.errors import ConfigurationError
+from batchrelay.config.kinds import (
+    KIND_SETTINGS,
+    KINDS,
+    OPENAI,
+    VENDORS,
+    ProviderKind,
+    Vendor,
+    kinds_with,
+)
+from batchrelay.config.urls import RedisUrl, redacted
+from batchrelay.config.webhook_secrets import webhook_secret_key
 
 DEFAULT_CHARS_PER_TOKEN = 4.0
 

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Annotated
 
 import orjson
-from batchrelay.config.errors import ConfigurationError
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from batchrelay.config.errors import ConfigurationError
 
 ENV = "BATCHRELAY_TENANTS"
 TenantName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]

@@ -16,6 +16,10 @@ Paths served:
 from __future__ import annotations
 
 import orjson
+from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 from batchrelay.emulator.engine import Engine
 from batchrelay.emulator.errors import ApiError, Shape, server_error_body
 from batchrelay.emulator.routes_admin import admin_router
@@ -34,9 +38,6 @@ from batchrelay.emulator.routes_mistral import PREFIX as MISTRAL_PREFIX
 from batchrelay.emulator.routes_mistral import mistral_router
 from batchrelay.emulator.routes_openai import openai_router
 from batchrelay.emulator.webhooks import webhook_router
-from fastapi import FastAPI, Request
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 OPENAI_MOUNTS = {
     "/v1": "openai",

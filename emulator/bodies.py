@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from batchrelay.emulator.errors import ApiError, Shape
 from fastapi import Request
+
+from batchrelay.emulator.errors import ApiError, Shape
 
 # JSON bodies of the create-batch and admin routes: real ones are a few KB.
 JSON_BODY_LIMIT = 1024 * 1024

@@ -9,8 +9,9 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable
 
-from batchrelay.emulator.errors import ApiError, server_error_body
 from fastapi import Request
+
+from batchrelay.emulator.errors import ApiError, server_error_body
 
 Flavor = str  # "openai" | "azure" | "anthropic" | "mistral" | "groq" | "together"
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import orjson
+
 from batchrelay.emulator.lifecycle import phase, terminal_time
 from batchrelay.emulator.store import BatchRecord, FileRecord
 from batchrelay.emulator.views import openai_counts

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import orjson
+
 from batchrelay.emulator.content import HANDLERS, Ctx, anthropic_message
 from batchrelay.emulator.errors import anthropic_error, google_error, server_error_body
 from batchrelay.emulator.faults import digest_fails, line_digest

@@ -5,13 +5,14 @@ Protected by the same API keys as the provider routes; never subject to injected
 
 from __future__ import annotations
 
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import ValidationError
+
 from batchrelay.emulator.engine import Engine
 from batchrelay.emulator.errors import bad_request, not_found
 from batchrelay.emulator.guards import admin_guard
 from batchrelay.emulator.views import file_object
 from batchrelay.emulator.wire import json_response, read_json_object
-from fastapi import APIRouter, Depends, Request, Response
-from pydantic import ValidationError
 
 PREFIX = "/_emulator"
 

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import anyio
+from fastapi import APIRouter, Depends, Request, Response
+
 from batchrelay.emulator.anthropic_body import BodyError, split_requests
 from batchrelay.emulator.bodies import bounded_stream
 from batchrelay.emulator.downloads import FileDownload, html_error_page
@@ -20,7 +22,6 @@ from batchrelay.emulator.guards import api_guard
 from batchrelay.emulator.store import BatchRecord
 from batchrelay.emulator.views import anthropic_batch, anthropic_status
 from batchrelay.emulator.wire import int_query, json_response
-from fastapi import APIRouter, Depends, Request, Response
 
 BASE = "/v1/messages/batches"
 PREFIX_SCOPE_KEY = "emulator.anthropic_prefix"

@@ -28,6 +28,8 @@ from typing import Any
 
 import anyio
 import orjson
+from fastapi import APIRouter, Depends, Request, Response
+
 from batchrelay.emulator.bodies import bounded_stream, read_bounded
 from batchrelay.emulator.downloads import FileDownload, html_error_page
 from batchrelay.emulator.engine import (
@@ -41,7 +43,6 @@ from batchrelay.emulator.errors import ApiError, server_error_body
 from batchrelay.emulator.gemini_views import gemini_file, gemini_operation
 from batchrelay.emulator.store import BatchRecord, FileRecord
 from batchrelay.emulator.wire import json_response
-from fastapi import APIRouter, Depends, Request, Response
 
 VERSIONS = ("v1beta", "v1")
 VERSION_SCOPE_KEY = "emulator.gemini_version"

@@ -14,6 +14,8 @@ from datetime import datetime
 
 import anyio
 import orjson
+from fastapi import APIRouter, Depends, Request, Response
+
 from batchrelay.emulator import mistral
 from batchrelay.emulator.downloads import FileDownload, html_error_page
 from batchrelay.emulator.engine import CancelConflict, Engine
@@ -23,7 +25,6 @@ from batchrelay.emulator.lifecycle import phase
 from batchrelay.emulator.store import BatchRecord, FileRecord
 from batchrelay.emulator.uploads import UploadError, receive_upload
 from batchrelay.emulator.wire import int_query, json_response, read_json_object
-from fastapi import APIRouter, Depends, Request, Response
 
 PREFIX = "/mistral"
 MAX_FILE_BYTES = 512 * 1024 * 1024

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import time
 
+from fastapi import APIRouter, Depends, Request, Response
+
 from batchrelay.emulator.content import OPENAI_ENDPOINTS
 from batchrelay.emulator.downloads import FileDownload, html_error_page
 from batchrelay.emulator.engine import CancelConflict, Engine
@@ -29,7 +31,6 @@ from batchrelay.emulator.wire import (
     read_json_object,
     type_name,
 )
-from fastapi import APIRouter, Depends, Request, Response
 
 MAX_FILE_BYTES = 512 * 1024 * 1024
 PURPOSES = {"assistants", "batch", "fine-tune", "vision", "user_data", "evals"}

@@ -9,6 +9,7 @@ from types import TracebackType
 
 import httpx
 import uvicorn
+
 from batchrelay.emulator.app import create_app
 from batchrelay.emulator.config import EmulatorConfig
 from batchrelay.emulator.engine import Engine

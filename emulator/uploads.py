@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from batchrelay.emulator.bodies import bounded_stream
-from batchrelay.emulator.errors import Shape
 from fastapi import Request
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
+
+from batchrelay.emulator.bodies import bounded_stream
+from batchrelay.emulator.errors import Shape
 
 MAX_FIELDS = 16
 MAX_FIELDS_BYTES = 64 * 1024

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
+
 from batchrelay.emulator.content import REQUIRED_PARAM
 from batchrelay.emulator.faults import digest_fails, line_digest
 

@@ -27,11 +27,12 @@ import time
 
 import httpx
 import orjson
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
+
 from batchrelay.emulator.errors import bad_request
 from batchrelay.emulator.guards import admin_guard
 from batchrelay.emulator.wire import json_response, read_json_object
-from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
 
 log = logging.getLogger(__name__)
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import orjson
+from fastapi import Request, Response
+
 from batchrelay.emulator.bodies import JSON_BODY_LIMIT, read_bounded
 from batchrelay.emulator.errors import Shape, bad_request
-from fastapi import Request, Response
 
 JSON_TYPE_NAMES = {
     str: "a string",

@@ -23,7 +23,6 @@ import threading
 from typing import Any
 
 import standardwebhooks
-from batchrelay.config import Settings, load_settings
 from django.conf import settings as django_settings
 from django.core.handlers.wsgi import WSGIHandler
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -32,6 +31,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from batchrelay import BatchRelay, BatchRelayError, RelayUnavailableError, Webhook
+from batchrelay.config import Settings, load_settings
 
 WEBHOOK_PATH = "/webhooks/batchrelay"
 

@@ -21,11 +21,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import standardwebhooks
-from batchrelay.config import Settings, load_settings
 from fastapi import FastAPI, HTTPException, Request, Response
 from pydantic import BaseModel
 
 from batchrelay import AsyncBatchRelay, BatchRelayError, RelayUnavailableError, Webhook
+from batchrelay.config import Settings, load_settings
 
 WEBHOOK_PATH = "/webhooks/batchrelay"
 

@@ -19,10 +19,10 @@ import threading
 from typing import Any
 
 import standardwebhooks
-from batchrelay.config import Settings, load_settings
 from flask import Flask, abort, jsonify, request
 
 from batchrelay import BatchRelay, BatchRelayError, RelayUnavailableError, Webhook
+from batchrelay.config import Settings, load_settings
 
 WEBHOOK_PATH = "/webhooks/batchrelay"
 

@@ -16,6 +16,10 @@ from functools import partial
 from typing import Any, TypeVar
 
 import redis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
+from redis.exceptions import NoScriptError
+
 from batchrelay.config import Settings, load_settings
 from batchrelay.config.tenants import Tenants
 from batchrelay.producer import cluster, commands
@@ -23,9 +27,6 @@ from batchrelay.producer.callbacks import Callback, Webhook
 from batchrelay.producer.connection import AsyncClient, Client, aconnect, connect
 from batchrelay.producer.core import Core, Flow, Listen, Pause, Pipeline, SubmitItem, Submitted
 from batchrelay.producer.records import RequestStatus, StateCounts
-from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-from redis.cluster import RedisCluster
-from redis.exceptions import NoScriptError
 
 __all__ = ["AsyncBatchRelay", "BatchRelay", "SubmitItem"]
 

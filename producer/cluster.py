@@ -19,8 +19,6 @@ from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aredis
-from batchrelay.producer import commands
-from batchrelay.producer.core import Pipeline
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import ClusterNode, RedisCluster
@@ -32,6 +30,9 @@ from redis.exceptions import (
     SlotNotCoveredError,
     TryAgainError,
 )
+
+from batchrelay.producer import commands
+from batchrelay.producer.core import Pipeline
 
 T = TypeVar("T")
 N = TypeVar("N", ClusterNode, AsyncClusterNode)

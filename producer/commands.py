@@ -16,8 +16,9 @@ from typing import Any, Generic, TypeVar
 
 import redis
 import redis.asyncio as aredis
-from batchrelay.producer.keys import Keys, tag_of
 from redis.exceptions import NoScriptError
+
+from batchrelay.producer.keys import Keys, tag_of
 
 SOURCE = resources.files("batchrelay.producer").joinpath("relay.lua").read_text()
 SHA = hashlib.sha1(SOURCE.encode()).hexdigest()

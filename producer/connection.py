@@ -15,9 +15,10 @@ from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio as aredis
-from batchrelay.config import ConfigurationError, Settings
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
+
+from batchrelay.config import ConfigurationError, Settings
 
 __all__ = ["AsyncClient", "Client", "aconnect", "acluster_enabled", "cluster_enabled", "connect"]
 

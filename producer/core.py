@@ -16,6 +16,7 @@ from operator import methodcaller
 from typing import Any, TypeVar
 
 import orjson
+
 from batchrelay.config import Settings
 from batchrelay.config.tenants import Tenants
 from batchrelay.producer import commands, errors

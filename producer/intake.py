@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
 from batchrelay.config import ProviderProfile, Settings
 from batchrelay.config.kinds import GEMINI_ENDPOINTS, MESSAGES_ENDPOINT
 from batchrelay.producer import errors

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 import anthropic
 import openai
 import pytest
+
 from batchrelay.emulator import EmulatorConfig, EmulatorHandle, start_emulator
 
 FAST = {

@@ -19,15 +19,16 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-from batchrelay.producer.connection import connect
-from batchrelay.worker.celery_app import relay_of
-from batchrelay.worker.dispatch import PROBES
 from celery import Celery
 from kombu.exceptions import OperationalError
 from redbeat import RedBeatScheduler
 from redbeat.schedulers import REDBEAT_REDIS_KEY, acquire_distributed_beat_lock
 from redbeat.schedulers import RedBeatSchedulerEntry as ScheduleEntry
 from redis.exceptions import ConnectionError, TimeoutError
+
+from batchrelay.producer.connection import connect
+from batchrelay.worker.celery_app import relay_of
+from batchrelay.worker.dispatch import PROBES
 
 log = logging.getLogger(__name__)
 

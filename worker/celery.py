@@ -7,10 +7,11 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from celery.signals import beat_init, worker_init
+
 from batchrelay.config import ConfigurationError, load_settings
 from batchrelay.worker.celery_app import create_app
 from batchrelay.worker.state import check_broker_at_start
-from celery.signals import beat_init, worker_init
 
 
 def _stop(exc: ConfigurationError) -> SystemExit:

@@ -9,10 +9,11 @@ from __future__ import annotations
 from datetime import timedelta
 from urllib.parse import urlsplit
 
+from celery import Celery
+
 from batchrelay.config import Settings
 from batchrelay.worker.context import Relay
 from batchrelay.worker.state import broker_url
-from celery import Celery
 
 TASK_MODULE = "batchrelay.worker.tasks"
 

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 import orjson
+
 from batchrelay.producer.keys import tag_of
 from batchrelay.worker import capacity
 from batchrelay.worker.context import COLLECTING, DONE, SUBMITTED, Relay

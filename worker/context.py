@@ -16,13 +16,14 @@ from typing import Any
 import httpx
 import orjson
 import redis
+from redis.exceptions import LockError, LockNotOwnedError
+
 from batchrelay.config import Settings
 from batchrelay.producer.connection import Client, connect
 from batchrelay.producer.keys import Keys, tag_of
 from batchrelay.producer.records import now_ms
 from batchrelay.worker.providers import BatchAdapter, make_adapter
 from batchrelay.worker.webhooks import make_webhook_client
-from redis.exceptions import LockError, LockNotOwnedError
 
 log = logging.getLogger(__name__)
 

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from batchrelay import metrics_store
 from batchrelay.producer import commands
 from batchrelay.producer.callbacks import callback_from_record
 from batchrelay.producer.keys import tag_of
 from batchrelay.producer.records import RESULT_FIELDS, result_payload
 from batchrelay.worker.context import Relay
 from batchrelay.worker.senders import SENDERS, DeliveryAttempt, SendContext, SendTask
-
-from batchrelay import metrics_store
 
 log = logging.getLogger(__name__)
 

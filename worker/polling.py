@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 
 import orjson
+
 from batchrelay.worker import capacity
 from batchrelay.worker.context import COLLECTING, SUBMITTED, Relay
 

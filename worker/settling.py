@@ -12,12 +12,11 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
+from batchrelay import metrics_store
+from batchrelay.costs import bill
 from batchrelay.producer import commands
 from batchrelay.producer.keys import tag_of
 from batchrelay.worker.context import Relay
-
-from batchrelay import metrics_store
-from batchrelay.costs import bill
 
 SETTLE_CHUNK = 500
 Row = tuple[str, str, int, bytes]  # request id, outcome, status code, payload

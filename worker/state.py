@@ -10,6 +10,7 @@ import logging
 import time
 
 import redis
+
 from batchrelay.config import ConfigurationError, Settings
 from batchrelay.producer.connection import cluster_enabled
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+
 from batchrelay.worker.context import DONE, Relay
 
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import orjson
+
 from batchrelay.config import ProviderProfile
 from batchrelay.producer.keys import tag_of
 from batchrelay.worker import capacity

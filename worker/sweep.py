@@ -13,6 +13,7 @@ import logging
 from collections.abc import Iterable
 
 import orjson
+
 from batchrelay.producer import commands
 from batchrelay.worker import capacity
 from batchrelay.worker.context import CLAIMED, COLLECTING, DONE, RETIRED, SUBMITTED, UPLOADED, Relay

@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from batchrelay.worker import collection, delivery, packing, polling, submission, sweep
-from batchrelay.worker.celery_app import relay_of
 from celery import Task, shared_task
 from celery.signals import task_postrun
 
 from batchrelay import metrics_store
+from batchrelay.worker import collection, delivery, packing, polling, submission, sweep
+from batchrelay.worker.celery_app import relay_of
 
 log = logging.getLogger(__name__)
 

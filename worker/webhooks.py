@@ -25,6 +25,8 @@ from typing import Any
 import httpcore
 import httpx
 import standardwebhooks
+from pydantic import SecretStr
+
 from batchrelay.config.webhook_secrets import webhook_secret_key
 from batchrelay.producer import errors
 from batchrelay.producer.callbacks import (
@@ -34,7 +36,6 @@ from batchrelay.producer.callbacks import (
     resolve_webhook_host,
 )
 from batchrelay.worker.attempt import DeliveryAttempt
-from pydantic import SecretStr
 
 USER_AGENT = "batchrelay-webhooks/1"
 # What is kept of a receiver's answer: enough for a dead-letter note, never a memory risk.

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol, Self
 
 import orjson
+
 from batchrelay.producer import errors
 from batchrelay.producer.callbacks.addresses import address_block_reason
 from batchrelay.producer.callbacks.celery_task import CeleryTask

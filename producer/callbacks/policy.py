@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import httpx
+
 from batchrelay.producer import errors
 from batchrelay.producer.callbacks.addresses import IPAddress, IPNetwork
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import httpx
+
 from batchrelay.producer import errors
 from batchrelay.producer.callbacks.addresses import literal_address
 from batchrelay.producer.callbacks.policy import WebhookPolicy

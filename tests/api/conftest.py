@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+
 from batchrelay.config import Settings
 from batchrelay.config.tenants import key_digest
 from batchrelay.emulator import EmulatorHandle, start_emulator
-
 from tests._receiver import WebhookReceiver
 from tests._redis import RedisServer, free_port
 from tests._stack import ROOT, Stack, settings_env

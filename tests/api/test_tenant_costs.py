@@ -9,9 +9,9 @@ import time
 import orjson
 import pytest
 import redis
-from batchrelay.config.tenants import Tenant, Tenants, key_digest
 
 from batchrelay import BatchRelay, QuotaExceededError
+from batchrelay.config.tenants import Tenant, Tenants, key_digest
 from tests._stack import ROOT
 from tests.api.conftest import Api
 from tests.relay.harness import CHAT, chat

@@ -21,9 +21,9 @@ from collections import Counter
 import openai
 import orjson
 import pytest
-from batchrelay.emulator import start_emulator
 
 from batchrelay import BatchRelay, RelayUnavailableError, Webhook
+from batchrelay.emulator import start_emulator
 from tests._receiver import WebhookReceiver
 from tests._redis import RedisServer
 from tests._stack import Stack

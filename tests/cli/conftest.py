@@ -15,12 +15,12 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from batchrelay.config import Settings
-from batchrelay.emulator import EmulatorHandle, start_emulator
-from batchrelay.worker.context import Relay
 from typer.testing import CliRunner, Result
 
 from batchrelay.cli import app
+from batchrelay.config import Settings
+from batchrelay.emulator import EmulatorHandle, start_emulator
+from batchrelay.worker.context import Relay
 from tests._stack import settings_env
 from tests.relay.harness import fast_emulator_config, relay_settings, tick
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from batchrelay.config import ConfigurationError
 from batchrelay.config.prices import DEFAULT_PRICES, ModelPrice, PriceTable, load_prices
 

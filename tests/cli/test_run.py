@@ -12,10 +12,10 @@ from pathlib import Path
 
 import orjson
 import pytest
-from batchrelay.config.prices import DEFAULT_PRICES
 
 from batchrelay import BatchRelay
 from batchrelay import run as run_module
+from batchrelay.config.prices import DEFAULT_PRICES
 from tests._stack import ROOT
 from tests.cli.conftest import (
     Live,

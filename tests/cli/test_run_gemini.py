@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from batchrelay.config.prices import DEFAULT_PRICES
 
 from batchrelay import run as run_module
+from batchrelay.config.prices import DEFAULT_PRICES
 from tests.cli.conftest import Live, read_jsonl, write_jsonl
 
 

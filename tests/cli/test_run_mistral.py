@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
+from batchrelay.batchfile import InputFileError, scan
 from batchrelay.config import load_settings
 from batchrelay.config.prices import DEFAULT_PRICES, load_prices
 from batchrelay.producer.intake import Intake
-
-from batchrelay.batchfile import InputFileError, scan
 from tests.cli.conftest import chat_line, write_jsonl
 
 

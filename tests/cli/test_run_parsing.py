@@ -8,13 +8,13 @@ from pathlib import Path
 
 import orjson
 import pytest
+from rich.console import Console
+
+from batchrelay.batchfile import ANTHROPIC_ENDPOINT, InputFileError, idempotency_key, scan
 from batchrelay.config import load_settings
 from batchrelay.config.prices import load_prices
 from batchrelay.config.prices import usage_tokens as tokens
 from batchrelay.producer.intake import Intake
-from rich.console import Console
-
-from batchrelay.batchfile import ANTHROPIC_ENDPOINT, InputFileError, idempotency_key, scan
 from batchrelay.run import ModelUsage, Summary, cost_table, count, usd
 from tests.cli.conftest import chat_line, write_jsonl
 

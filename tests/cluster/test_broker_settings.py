@@ -4,6 +4,7 @@ refused, and that its password stays masked."""
 from __future__ import annotations
 
 import pytest
+
 from batchrelay.config import ConfigurationError, load_settings
 from batchrelay.worker.celery_app import create_app
 from batchrelay.worker.state import refuse_cluster_broker

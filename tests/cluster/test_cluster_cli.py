@@ -4,14 +4,14 @@
 from __future__ import annotations
 
 import orjson
-from batchrelay.emulator import start_emulator
-from batchrelay.worker.context import Relay
-from batchrelay.worker.sweep import retire_idle_groups, sweep
 from redis.cluster import RedisCluster
 from typer.testing import CliRunner
 
 from batchrelay import BatchRelay, Webhook
 from batchrelay.cli import app
+from batchrelay.emulator import start_emulator
+from batchrelay.worker.context import Relay
+from batchrelay.worker.sweep import retire_idle_groups, sweep
 from tests._receiver import WebhookReceiver
 from tests._stack import settings_env
 from tests.cli.conftest import Pipeline, chat_line, read_jsonl, write_jsonl

@@ -10,11 +10,6 @@ import threading
 from collections import defaultdict
 
 import pytest
-from batchrelay.config import ConfigurationError
-from batchrelay.emulator import start_emulator
-from batchrelay.producer.keys import tag_of
-from batchrelay.worker.context import Relay
-from batchrelay.worker.status import finished_batches, overview
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
@@ -26,6 +21,11 @@ from batchrelay import (
     RelayUnavailableError,
     Webhook,
 )
+from batchrelay.config import ConfigurationError
+from batchrelay.emulator import start_emulator
+from batchrelay.producer.keys import tag_of
+from batchrelay.worker.context import Relay
+from batchrelay.worker.status import finished_batches, overview
 from tests._cluster import RedisClusterServers
 from tests._receiver import WebhookReceiver
 from tests._stack import ROOT, settings_env

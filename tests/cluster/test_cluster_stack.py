@@ -8,12 +8,14 @@ import asyncio
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
-from batchrelay.emulator import start_emulator
-from batchrelay.producer.keys import tag_of
 
 from batchrelay import AsyncBatchRelay, BatchRelay
+from batchrelay.config import Settings
+from batchrelay.emulator import start_emulator
+from batchrelay.producer.keys import tag_of
 from tests._rabbit import queue_types, rabbit_url  # noqa: F401
 from tests._stack import Stack
 from tests.relay.harness import fast_emulator_config
@@ -128,9 +130,16 @@ def test_a_master_killed_mid_run_loses_nothing(
                 and cluster.get_node_from_key(keys.pending(tag_of(r))) == victim
             )
             waited: dict[str, object] = {}
+
+            def waiter(name: str, wait: Callable[[Settings, str], str]) -> None:
+                try:
+                    waited[name] = wait(settings, rid)
+                except Exception as exc:  # shown by the assertion below
+                    waited[name] = repr(exc)
+
             waiters = [
-                threading.Thread(target=lambda: waited.update(sync=wait_sync(settings, rid))),
-                threading.Thread(target=lambda: waited.update(aio=wait_async(settings, rid))),
+                threading.Thread(target=waiter, args=("sync", wait_sync)),
+                threading.Thread(target=waiter, args=("aio", wait_async)),
             ]
             for waiter in waiters:
                 waiter.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from batchrelay.config import ConfigurationError, load_settings
 from batchrelay.producer.connection import _verdict, cluster_enabled
 

@@ -6,9 +6,9 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from batchrelay.config import Settings, load_settings
 
 from batchrelay import BatchRelay
+from batchrelay.config import Settings, load_settings
 from tests.deploy._compose import ComposeRun
 
 # Only for speed: a request is flushed, submitted, polled and collected within seconds

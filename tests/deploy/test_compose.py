@@ -9,12 +9,12 @@ import shlex
 
 import httpx
 import pytest
-from batchrelay.config import Settings
-from batchrelay.config.settings import _check_webhook_secret
-from batchrelay.emulator import EmulatorConfig
 from pydantic import SecretStr
 
 from batchrelay import BatchRelay
+from batchrelay.config import Settings
+from batchrelay.config.settings import _check_webhook_secret
+from batchrelay.emulator import EmulatorConfig
 from tests.deploy._compose import (
     ENV_EXAMPLE,
     ROOT,

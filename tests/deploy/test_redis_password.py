@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from batchrelay.config import Settings
 
+from batchrelay.config import Settings
 from tests._redis import RedisServer, free_port
 from tests._stack import ROOT, Stack
 from tests.relay.harness import relay_settings

@@ -10,8 +10,8 @@ import httpx2
 import openai
 import orjson
 import pytest
-from batchrelay.emulator.faults import digest_fails, line_digest
 
+from batchrelay.emulator.faults import digest_fails, line_digest
 from tests._emulator import openai_client
 from tests.emulator.helpers import (
     create_batch,

@@ -11,10 +11,11 @@ from collections.abc import Iterator
 import httpx
 import orjson
 import pytest
-from batchrelay.emulator import EmulatorHandle
 from mistralai.client import Mistral
 from mistralai.client.errors import SDKError
 from mistralai.client.models import BatchJob
+
+from batchrelay.emulator import EmulatorHandle
 
 CHAT = "/v1/chat/completions"
 MODEL = "mistral-small-latest"

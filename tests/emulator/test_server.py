@@ -12,8 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from batchrelay.emulator import EmulatorConfig, start_emulator
 
+from batchrelay.emulator import EmulatorConfig, start_emulator
 from tests._emulator import anthropic_client, fast_config, openai_client
 from tests.emulator.helpers import (
     create_batch,

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from batchrelay.emulator import EmulatorConfig
 
+from batchrelay.emulator import EmulatorConfig
 from batchrelay.stack import EmbeddedStack
 
 FAST_EMULATOR = {

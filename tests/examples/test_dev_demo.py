@@ -16,10 +16,10 @@ from pathlib import Path
 import orjson
 import psutil
 import pytest
-from batchrelay.config import load_settings
-from batchrelay.emulator import start_emulator
 
 from batchrelay import BatchRelay, UnknownModelError, Webhook
+from batchrelay.config import load_settings
+from batchrelay.emulator import start_emulator
 from batchrelay.stack import EmbeddedStack, StackError, emulator_profiles
 from tests._receiver import WebhookReceiver
 from tests._stack import ROOT

@@ -11,8 +11,8 @@ import httpx
 import orjson
 import pytest
 import standardwebhooks
-from batchrelay.config.urls import RedisUrl
 
+from batchrelay.config.urls import RedisUrl
 from batchrelay.stack import EmbeddedStack
 from tests.examples.servers import serve_asgi, serve_werkzeug, serve_wsgi
 

@@ -8,8 +8,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from batchrelay.config import Settings
 from celery import Celery
+
+from batchrelay.config import Settings
 
 
 @dataclass

@@ -8,9 +8,9 @@ import time
 
 import pytest
 import redis
-from batchrelay.emulator import start_emulator
 
 from batchrelay import BatchRelay, Webhook
+from batchrelay.emulator import start_emulator
 from tests._receiver import WebhookReceiver
 from tests._stack import Stack
 from tests.ops._exporter import exporter, value

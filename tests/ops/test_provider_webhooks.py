@@ -10,9 +10,9 @@ import httpx
 import orjson
 import pytest
 import redis
-from batchrelay.producer.keys import Keys, new_batch_id
 from standardwebhooks import Webhook
 
+from batchrelay.producer.keys import Keys, new_batch_id
 from tests.ops._exporter import exporter, value
 from tests.relay.harness import relay_settings
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from batchrelay.emulator import start_emulator
 
 from batchrelay import BatchRelay, Webhook
+from batchrelay.emulator import start_emulator
 from tests._receiver import WebhookReceiver
 from tests._stack import Stack
 from tests.ops._events import task_events

@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from batchrelay.worker.context import Relay
 
 from batchrelay import BatchRelay
+from batchrelay.worker.context import Relay
 from tests._receiver import WebhookReceiver
 from tests.providers.helpers import settings_for
 

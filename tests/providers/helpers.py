@@ -9,12 +9,12 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+
+from batchrelay import BatchRelay, Webhook
 from batchrelay.config import Settings
 from batchrelay.worker.context import Relay
 from batchrelay.worker.packing import aggregate
 from batchrelay.worker.submission import submit_batch
-
-from batchrelay import BatchRelay, Webhook
 from tests.relay.harness import SECRET, drive, relay_settings
 
 Body = Callable[[str], dict[str, Any]]

@@ -8,10 +8,10 @@ import time
 
 import httpx
 import pytest
+
 from batchrelay.emulator import start_emulator
 from batchrelay.worker.packing import aggregate, write_input
 from batchrelay.worker.submission import create, submit_batch
-
 from tests.providers.helpers import Scenario, message_text, messages
 from tests.relay.harness import drive, fast_emulator_config
 

@@ -11,10 +11,10 @@ import io
 import math
 
 import pytest
+
 from batchrelay.emulator import start_emulator
 from batchrelay.worker.packing import aggregate, write_input
 from batchrelay.worker.submission import submit_batch
-
 from tests._emulator import anthropic_client
 from tests.providers.helpers import message_text, messages
 from tests.providers.test_anthropic import MESSAGES, VERSION, native

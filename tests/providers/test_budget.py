@@ -10,10 +10,9 @@ import threading
 import time
 from typing import Any
 
+from batchrelay import BatchRelay
 from batchrelay.emulator import start_emulator
 from batchrelay.worker.context import Relay
-
-from batchrelay import BatchRelay
 from tests.providers.helpers import settings_for
 from tests.relay.harness import CHAT, fast_emulator_config, tick
 

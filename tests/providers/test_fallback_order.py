@@ -9,10 +9,10 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
+
 from batchrelay.emulator import EmulatorHandle, start_emulator
 from batchrelay.worker.packing import aggregate
 from batchrelay.worker.submission import submit_batch
-
 from tests.providers.helpers import chat_text
 from tests.relay.harness import CHAT, chat, drive, fast_emulator_config
 

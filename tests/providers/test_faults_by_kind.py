@@ -13,9 +13,9 @@ from typing import Any
 
 import openai
 import pytest
+
 from batchrelay.emulator import EmulatorHandle, start_emulator
 from batchrelay.worker.providers import ProviderError
-
 from tests._emulator import anthropic_client, openai_client
 from tests.providers.helpers import Scenario, chat_text, message_text, messages
 from tests.providers.test_anthropic import MESSAGES, VERSION, native

@@ -8,11 +8,11 @@ from collections import Counter
 
 import httpx
 import pytest
+
 from batchrelay.emulator import start_emulator
 from batchrelay.worker.packing import aggregate
 from batchrelay.worker.providers import ProviderError
 from batchrelay.worker.submission import create, submit_batch
-
 from tests.providers.helpers import Scenario
 from tests.relay.harness import drive, fast_emulator_config
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+
 from batchrelay.config import ConfigurationError, load_settings
 from batchrelay.producer import errors
 from batchrelay.producer.intake import Intake

@@ -6,9 +6,9 @@ through API faults, an expired batch (re-pooled and sent again) and a cut result
 from __future__ import annotations
 
 import orjson
-from batchrelay.emulator import start_emulator
 
 from batchrelay import BatchRelay, Webhook
+from batchrelay.emulator import start_emulator
 from tests._receiver import WebhookReceiver
 from tests._stack import Stack
 from tests.relay.harness import SECRET, fast_emulator_config, relay_settings

@@ -11,13 +11,13 @@ from typing import Any
 
 import orjson
 import pytest
+
 from batchrelay.config import ConfigurationError, load_settings
 from batchrelay.emulator import EmulatorHandle, start_emulator
 from batchrelay.worker.packing import aggregate
 from batchrelay.worker.providers import ProviderError
 from batchrelay.worker.providers.mistral import parse_result_line
 from batchrelay.worker.submission import submit_batch
-
 from tests.providers.helpers import Scenario, chat_text
 from tests.providers.test_faults_by_kind import CUTS, FAULTS
 from tests.relay.harness import CHAT, chat, drive, fast_emulator_config

@@ -10,11 +10,11 @@ import time
 from collections import Counter, defaultdict
 
 import orjson
+
+from batchrelay import BatchRelay, Webhook
 from batchrelay.emulator import mistral, start_emulator
 from batchrelay.emulator.content import embedding_vector
 from batchrelay.worker.context import Relay
-
-from batchrelay import BatchRelay, Webhook
 from tests._receiver import WebhookReceiver
 from tests._stack import Stack
 from tests.providers.helpers import chat_text

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import openai
 import pytest
+
 from batchrelay.config import ConfigurationError, load_settings
 from batchrelay.emulator import start_emulator
-
 from tests.providers.helpers import Scenario, chat_text
 from tests.relay.harness import CHAT, chat, drive, fast_emulator_config
 

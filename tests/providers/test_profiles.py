@@ -11,6 +11,7 @@ import types
 from typing import get_args
 
 import pytest
+
 from batchrelay.config import ConfigurationError, load_settings
 from batchrelay.config.kinds import KINDS
 from batchrelay.config.settings import Kind
@@ -21,7 +22,6 @@ from batchrelay.worker.packing import aggregate, iter_items
 from batchrelay.worker.providers import ADAPTERS
 from batchrelay.worker.providers.http import auth_headers
 from batchrelay.worker.submission import submit_batch
-
 from tests.relay.harness import CHAT, chat, fast_emulator_config
 
 KEY = "sk-secret-key"

@@ -8,13 +8,13 @@ import threading
 import time
 
 import pytest
+
 from batchrelay.emulator import start_emulator
 from batchrelay.producer import errors
 from batchrelay.producer.intake import Router
 from batchrelay.worker import capacity
 from batchrelay.worker.context import CLAIMED, DONE
 from batchrelay.worker.sweep import release_stale, sweep
-
 from tests.relay.harness import CHAT, chat, drive, fast_emulator_config
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from batchrelay.config import ConfigurationError, load_settings
 from batchrelay.emulator import EmulatorHandle, start_emulator
 from batchrelay.worker.providers import ProviderError
-
 from tests.providers.helpers import Scenario, chat_text
 from tests.relay.harness import CHAT, chat, drive, fast_emulator_config
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from batchrelay.emulator import start_emulator
-from batchrelay.worker.context import Relay
-from batchrelay.worker.sweep import stuck_batches
 from typer.testing import CliRunner
 
 from batchrelay import BatchRelay, Webhook
 from batchrelay.cli import app
+from batchrelay.emulator import start_emulator
+from batchrelay.worker.context import Relay
+from batchrelay.worker.sweep import stuck_batches
 from tests._receiver import WebhookReceiver
 from tests._stack import settings_env
 from tests.relay.harness import CHAT, all_final, chat, drive, fast_emulator_config, relay_settings

@@ -14,13 +14,13 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from batchrelay.worker.context import SUBMITTED
 from rich.console import Console
 from typer.testing import CliRunner
 
 from batchrelay import ops
 from batchrelay.cli import app
 from batchrelay.formatting import plural
+from batchrelay.worker.context import SUBMITTED
 from tests._redis import RedisServer, free_port
 from tests.relay.harness import CHAT, EMB, all_final, chat, drive
 from tests.relay.test_cli_ops import cli, live  # noqa: F401  (live: fixture)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from batchrelay.config import ConfigurationError, load_settings
 
 PROVIDER = '[{"name": "oa", "base_url": "https://api.openai.com/v1", "api_key": "sk-secret-1"}]'

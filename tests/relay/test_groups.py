@@ -12,6 +12,8 @@ import time
 
 import orjson
 import pytest
+
+from batchrelay import AsyncBatchRelay, BatchRelay, RequestNotFoundError, Webhook
 from batchrelay.emulator import start_emulator
 from batchrelay.producer import commands
 from batchrelay.producer.keys import new_request_id, tag_of
@@ -20,8 +22,6 @@ from batchrelay.worker import sweep
 from batchrelay.worker.context import RETIRED, Relay
 from batchrelay.worker.delivery import dead_letters
 from batchrelay.worker.sweep import retire_idle_groups, watch_retired
-
-from batchrelay import AsyncBatchRelay, BatchRelay, RequestNotFoundError, Webhook
 from tests._receiver import WebhookReceiver
 from tests.relay.harness import CHAT, all_final, chat, drive, fast_emulator_config, relay_settings
 

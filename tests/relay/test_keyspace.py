@@ -12,6 +12,8 @@ import time
 
 import pytest
 import redis
+
+from batchrelay import BatchRelay, Webhook
 from batchrelay.emulator import start_emulator
 from batchrelay.producer.keys import tag_of
 from batchrelay.worker.context import SUBMITTED, Relay
@@ -19,8 +21,6 @@ from batchrelay.worker.delivery import dead_letters, replay
 from batchrelay.worker.packing import aggregate
 from batchrelay.worker.submission import submit_batch
 from batchrelay.worker.sweep import RETIRED_WATCH_MS, sweep
-
-from batchrelay import BatchRelay, Webhook
 from tests._receiver import WebhookReceiver
 from tests.relay.harness import CHAT, all_final, chat, drive, fast_emulator_config, relay_settings
 

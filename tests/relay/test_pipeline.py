@@ -8,6 +8,8 @@ from collections import Counter
 
 import orjson
 import pytest
+
+from batchrelay import BatchRelay, CancelError, CeleryTask, Webhook
 from batchrelay.emulator import start_emulator
 from batchrelay.producer.keys import Keys, tag_of
 from batchrelay.worker.collection import collect_batch
@@ -16,8 +18,6 @@ from batchrelay.worker.delivery import dead_letters, deliver_chunk, lease_due, r
 from batchrelay.worker.packing import aggregate
 from batchrelay.worker.providers import ProviderError
 from batchrelay.worker.submission import submit_batch
-
-from batchrelay import BatchRelay, CancelError, CeleryTask, Webhook
 from tests._receiver import WebhookReceiver
 from tests.relay.harness import (
     CHAT,

@@ -9,10 +9,6 @@ import time
 
 import pytest
 import redis
-from batchrelay.config import load_settings
-from batchrelay.config.urls import redacted
-from batchrelay.producer import commands
-from batchrelay.producer.keys import Keys, tag_of
 
 from batchrelay import (
     AsyncBatchRelay,
@@ -34,6 +30,10 @@ from batchrelay import (
     UnknownModelError,
     Webhook,
 )
+from batchrelay.config import load_settings
+from batchrelay.config.urls import redacted
+from batchrelay.producer import commands
+from batchrelay.producer.keys import Keys, tag_of
 
 CHAT = "/v1/chat/completions"
 

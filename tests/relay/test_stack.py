@@ -10,10 +10,10 @@ from collections import Counter
 
 import orjson
 import pytest
-from batchrelay.emulator import start_emulator
-from batchrelay.emulator.content import embedding_vector
 
 from batchrelay import BatchRelay, CeleryTask, Webhook
+from batchrelay.emulator import start_emulator
+from batchrelay.emulator.content import embedding_vector
 from tests._receiver import WebhookReceiver
 from tests._stack import ROOT, Stack, settings_env
 from tests.relay.harness import CHAT, EMB, SECRET, chat, fast_emulator_config, relay_settings
@@ -140,6 +140,7 @@ def test_anthropic_message_batches_through_worker_and_beat(redis_url, receiver, 
 
 def live_batch_states(redis_url) -> set[str]:
     import redis
+
     from batchrelay.producer.keys import Keys
 
     client, keys, states = redis.Redis.from_url(redis_url), Keys(), set()

@@ -23,8 +23,6 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from batchrelay.config import ConfigurationError, Settings
-from batchrelay.config.urls import RedisUrl
 from typer.testing import CliRunner, Result
 
 from batchrelay import (
@@ -44,6 +42,8 @@ from batchrelay import (
     Webhook,
 )
 from batchrelay.cli import app
+from batchrelay.config import ConfigurationError, Settings
+from batchrelay.config.urls import RedisUrl
 from tests._redis import free_port
 from tests._stack import ROOT, settings_env
 from tests.relay.harness import CHAT, chat, relay_settings
@@ -491,7 +491,6 @@ def test_callback_is_checked_again_at_delivery(redis_url):
     """Allowed when submitted, refused when delivered (the allow-list changed): never sent."""
     from batchrelay.emulator import start_emulator
     from batchrelay.worker.context import Relay
-
     from tests._receiver import WebhookReceiver
     from tests.relay.harness import drive, fast_emulator_config
 

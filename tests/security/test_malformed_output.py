@@ -5,10 +5,10 @@ result could not be read go back to pending and succeed in a later batch."""
 from __future__ import annotations
 
 import pytest
-from batchrelay.emulator import start_emulator
-from batchrelay.worker.context import Relay
 
 from batchrelay import BatchRelay
+from batchrelay.emulator import start_emulator
+from batchrelay.worker.context import Relay
 from tests.relay.harness import CHAT, all_final, chat, drive, fast_emulator_config, relay_settings
 
 KINDS = ["unparseable_line", "unknown_custom_id", "truncated", "html"]

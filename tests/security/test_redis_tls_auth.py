@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from batchrelay.emulator import start_emulator
 
 from batchrelay import BatchRelay
+from batchrelay.emulator import start_emulator
 from tests._redis import free_port
 from tests._stack import Stack
 from tests.relay.harness import CHAT, chat, fast_emulator_config, relay_settings

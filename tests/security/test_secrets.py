@@ -9,9 +9,9 @@ import threading
 
 import orjson
 import redis
-from batchrelay.emulator import start_emulator
 
 from batchrelay import BatchRelay, Webhook
+from batchrelay.emulator import start_emulator
 from tests._receiver import WebhookReceiver
 from tests._stack import Stack
 from tests.relay.harness import CHAT, chat, fast_emulator_config, relay_settings

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pytest
+
 from batchrelay.producer import callbacks
 from batchrelay.producer.callbacks import (
     CALLBACK_KINDS,

@@ -11,6 +11,7 @@ import socket
 from collections.abc import Iterator
 
 import pytest
+
 from batchrelay.producer import callbacks
 from batchrelay.producer.callbacks import (
     CeleryTask,

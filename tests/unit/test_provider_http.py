@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+
 from batchrelay.worker.providers.base import ProviderError
 from batchrelay.worker.providers.http import (
     MAX_RETRY_AFTER_S,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from batchrelay.config import ConfigurationError
 from batchrelay.config.tenants import key_digest, load_tenants
 

@@ -18,6 +18,8 @@ from email.utils import formatdate
 import httpx
 import pytest
 import standardwebhooks
+from pydantic import SecretStr
+
 from batchrelay.config.webhook_secrets import generate_webhook_secret
 from batchrelay.producer import callbacks
 from batchrelay.producer.callbacks import WebhookPolicy
@@ -31,8 +33,6 @@ from batchrelay.worker.webhooks import (
     sign_webhook,
     verify_webhook,
 )
-from pydantic import SecretStr
-
 from tests._receiver import WebhookReceiver, fails_first
 
 LOCAL = WebhookPolicy(allow_hosts=("127.0.0.1",))

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import orjson
+
 from batchrelay.config import ProviderProfile, Settings
 from batchrelay.config.kinds import ANTHROPIC
 from batchrelay.worker.providers import http

@@ -25,6 +25,7 @@ from typing import IO, Any
 
 import httpx
 import orjson
+
 from batchrelay.config import ProviderProfile, Settings
 from batchrelay.config.kinds import GEMINI, MB
 from batchrelay.worker.providers import http

@@ -14,11 +14,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+
+from batchrelay import metrics_store
 from batchrelay.config import ProviderProfile
 from batchrelay.worker.providers.base import ProviderError
 from batchrelay.worker.webhooks import parse_retry_after
-
-from batchrelay import metrics_store
 
 log = logging.getLogger(__name__)
 

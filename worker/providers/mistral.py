@@ -22,6 +22,7 @@ from typing import IO, Any
 
 import httpx
 import orjson
+
 from batchrelay.config import ProviderProfile, Settings
 from batchrelay.config.kinds import MISTRAL
 from batchrelay.worker.providers import http

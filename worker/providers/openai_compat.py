@@ -24,6 +24,7 @@ from typing import IO, Any
 
 import httpx
 import orjson
+
 from batchrelay.config import ProviderProfile, Settings
 from batchrelay.config.kinds import AZURE, OPENAI
 from batchrelay.worker.providers import http

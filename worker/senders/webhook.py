@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+
 from batchrelay.producer.callbacks import Webhook, WebhookPolicy
 from batchrelay.worker.attempt import DeliveryAttempt
 from batchrelay.worker.senders.context import SendContext
