@@ -35,6 +35,7 @@ from batchrelay.producer.keys import Keys
 from batchrelay.producer.records import now_ms
 from batchrelay.provider_webhooks import MAX_BODY, Refused, receive
 from batchrelay.worker.context import Relay
+from batchrelay.worker.state import broker_url
 
 INFLIGHT_LIMIT = 1000
 POLL_TASK = "batchrelay.poll"
@@ -188,7 +189,7 @@ def monitoring_router(settings: Settings, client: redis.Redis) -> APIRouter:
     and by `batchrelay serve` alike (neither needs a tenant key: a scrape reads only
     aggregates, and a provider webhook is verified by its signature)."""
     keys = Keys(settings.key_prefix)
-    broker = Celery("batchrelay-metrics", broker=settings.redis_url.get_secret_value())
+    broker = Celery("batchrelay-metrics", broker=broker_url(settings))
 
     def dispatch_polls() -> None:
         """Send the poll dispatcher now rather than at beat's next tick (it leases the due

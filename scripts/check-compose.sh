@@ -94,10 +94,11 @@ cluster() {
 }
 cluster --env-file "$with_rabbit" config -q || die "$FILE + $CLUSTER_FILE is not valid"
 [ "$(cluster --env-file "$with_rabbit" config --services | sort | tr '\n' ' ')" \
-  = "beat emulator flower rabbitmq redis worker " ] || die "$CLUSTER_FILE: unexpected services"
+  = "api beat emulator flower grafana metrics prometheus rabbitmq redis worker " ] \
+  || die "$CLUSTER_FILE: unexpected services"
 broker="BATCHRELAY_BROKER_URL: amqp://batchrelay:check@rabbitmq:5672/batchrelay"
-[ "$(cluster --env-file "$with_rabbit" config | grep -c "$broker")" -eq 3 ] \
-  || die "$CLUSTER_FILE: worker, beat and flower must all get the RabbitMQ broker"
+[ "$(cluster --env-file "$with_rabbit" config | grep -c "$broker")" -eq 4 ] \
+  || die "$CLUSTER_FILE: worker, beat, flower and metrics must all get the RabbitMQ broker"
 if cluster --env-file "$ENV_EXAMPLE" config -q >/dev/null 2>&1; then
   die "$CLUSTER_FILE accepted a configuration without RABBITMQ_PASSWORD"
 fi
