@@ -23,6 +23,7 @@ from batchrelay.producer.errors import (
     RequestTooLargeError,
     ResultTimeoutError,
     StreamingNotSupportedError,
+    SubmitTooLargeError,
     UnknownEndpointError,
     UnknownModelError,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "ResultTimeoutError",
     "StreamingNotSupportedError",
     "SubmitItem",
+    "SubmitTooLargeError",
     "UnknownEndpointError",
     "UnknownModelError",
     "Webhook",

@@ -17,13 +17,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import orjson
-import psutil
 from batchrelay.config import load_settings
 from batchrelay.worker.collection import collect_batch
 from batchrelay.worker.context import Relay
@@ -32,6 +30,7 @@ from batchrelay.worker.submission import submit_batch
 
 from batchrelay import BatchRelay
 from bench._redis import private_redis
+from bench._rss import PeakRss
 from tests._redis import free_port
 
 N = int(os.environ.get("BENCH_N", "50000"))
@@ -42,32 +41,6 @@ KEY = "sk-bench"
 def body(i: int) -> dict:
     text = f"Ticket {i}: " + "the quarterly report is late because the printer is on fire. " * 25
     return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}
-
-
-class PeakRss:
-    """Samples this process's RSS every 5 ms; `growth_mb` is peak minus start."""
-
-    def __init__(self) -> None:
-        self.proc = psutil.Process()
-        self.start = self.peak = self.proc.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def growth_mb(self) -> float:
-        return (self.peak - self.start) / 1e6
 
 
 def start_emulator_process(port: int, data_dir: str) -> subprocess.Popen[bytes]:

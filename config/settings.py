@@ -318,6 +318,10 @@ class Settings(BaseSettings):
     queue: Annotated[str, Field(min_length=1)] = "batchrelay"
     providers: list[ProviderProfile] = Field(default_factory=list)
 
+    # The batch lines one submit_many call may hold: every item is checked (and held,
+    # encoded) before any is stored, so this bounds the caller's memory.
+    submit_max_bytes: PositiveInt = 100 * 1024 * 1024
+
     flush_max_wait_s: PositiveFloat = 60.0
     flush_max_requests: PositiveInt | None = None
     flush_max_bytes: PositiveInt | None = None

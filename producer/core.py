@@ -111,6 +111,17 @@ def _item(item: SubmitItem | Mapping[str, Any]) -> SubmitItem:
     )
 
 
+def _first(rid: str, p: Prepared, seen: set[str]) -> bool:
+    """Whether `rid` is met for the first time; only a keyed item can repeat one, so only
+    those are remembered (a list of 200,000 fresh ids needs no copy)."""
+    if not p.idempotency_key:
+        return True
+    if rid in seen:
+        return False
+    seen.add(rid)
+    return True
+
+
 class Core:
     """What `BatchRelay` and `AsyncBatchRelay` do, as flows (see the module docstring)."""
 
@@ -130,8 +141,10 @@ class Core:
     # --- submit ---
 
     def prepare_many(self, items: Iterable[SubmitItem | Mapping[str, Any]]) -> list[Prepared]:
-        """Check every item before anything is stored; an error names the item's index."""
+        """Check every item before anything is stored; an error names the item's index.
+        Stops at the item that takes the call past `submit_max_bytes` of batch lines."""
         prepared = []
+        limit, total = self.settings.submit_max_bytes, 0
         for i, raw in enumerate(items):
             try:
                 item = _item(raw)
@@ -146,6 +159,13 @@ class Core:
                 )
             except errors.BatchRelayError as exc:
                 raise type(exc)(f"item {i}: {exc}") from None
+            total += prepared[-1].line_bytes
+            if total > limit:
+                raise errors.SubmitTooLargeError(
+                    f"items 0-{i} come to {total:,} bytes as batch lines, over the "
+                    f"{limit:,} one submit_many call may hold (submit_max_bytes); "
+                    "split the items over several calls"
+                )
         return prepared
 
     def store(self, prepared: list[Prepared], *, numbered: bool) -> Flow[Submitted]:
@@ -156,10 +176,13 @@ class Core:
         keyed = [i for i, p in enumerate(prepared) if p.idempotency_key]
         if keyed:
             yield from self._claim_keys(prepared, keyed, ids, numbered)
-        unique = list(dict(zip(ids, prepared, strict=True)).items())  # a repeated key: once
         new = 0
-        for start in range(0, len(unique), CHUNK):
-            new += yield from self._intake(unique[start : start + CHUNK])
+        seen: set[str] = set()  # ids of keyed items: a key given twice is stored once
+        for start in range(0, len(ids), CHUNK):
+            chunk = zip(ids[start : start + CHUNK], prepared[start : start + CHUNK], strict=True)
+            part = [(rid, p) for rid, p in chunk if _first(rid, p, seen)]
+            if part:
+                new += yield from self._intake(part)
         return Submitted(ids, new)
 
     def _claim_keys(

@@ -27,6 +27,11 @@ class RequestTooLargeError(InvalidRequestError):
     pass
 
 
+class SubmitTooLargeError(BatchRelayError, ValueError):
+    """One `submit_many` call holds more batch-line bytes than `submit_max_bytes`; nothing
+    was stored. Split the items over several calls."""
+
+
 class StreamingNotSupportedError(InvalidRequestError):
     pass
 

@@ -38,6 +38,7 @@ from batchrelay import (
     RelayUnavailableError,
     RequestTooLargeError,
     StreamingNotSupportedError,
+    SubmitTooLargeError,
     UnknownEndpointError,
     UnknownModelError,
     Webhook,
@@ -93,6 +94,7 @@ MATRIX = [
 # Rows with their own tests below: (README wording, the `batchrelay run` column).
 REUSED_KEY = ("idempotency key reused with another endpoint, body, callback or metadata", NO_KEY)
 UNREACHABLE = ("Redis that cannot be reached", "exit 1, the same message")
+TOO_MUCH = ("`submit_many()` call over the total size limit", "n/a (`run` submits 1,000 lines per call)")  # fmt: skip
 
 
 def rows(table: list[tuple]) -> list[Any]:
@@ -241,6 +243,28 @@ def test_unreachable_redis_is_named_with_its_password_masked(redis_url):
             with pytest.raises(RelayUnavailableError) as info:
                 call()
             assert masked in str(info.value) and "pw-never-shown" not in str(info.value)
+
+
+def test_submit_many_over_the_total_size_limit_stores_nothing(redis_url):
+    """The limit is checked while the items are encoded: the call stops at the item that
+    crosses it, without reading (or holding) the rest."""
+    settings = bad_input_settings(redis_url).model_copy(update={"submit_max_bytes": 1000})
+    taken = 0
+
+    def items():
+        nonlocal taken
+        for i in range(100):
+            taken += 1
+            yield {"endpoint": CHAT, "body": chat(f"request {i}")}
+
+    with BatchRelay(settings) as relay:
+        with pytest.raises(SubmitTooLargeError) as info:
+            relay.submit_many(items())
+        assert "over the 1,000 one submit_many call may hold (submit_max_bytes)" in str(info.value)
+        assert str(info.value).startswith(f"items 0-{taken - 1} come to ")
+        assert taken < 100 and relay.redis.dbsize() == 0
+        few = [{"endpoint": CHAT, "body": chat("a")}] * 3
+        assert relay.submit_many(few).new == 3  # a call under the limit is stored
 
 
 def test_allow_list_permits_what_it_names(relay):
@@ -448,6 +472,9 @@ def test_readme_carries_the_same_tables():
     assert "`IdempotencyConflictError`" in rows[REUSED_KEY[0]][1]
     assert rows[UNREACHABLE[0]][2] == UNREACHABLE[1]
     assert "`RelayUnavailableError`" in rows[UNREACHABLE[0]][1]
+    assert rows[TOO_MUCH[0]][2] == TOO_MUCH[1]
+    assert "`SubmitTooLargeError`" in rows[TOO_MUCH[0]][1]
+    assert "`RelayUnavailableError`" in rows[UNREACHABLE[0]][1]
     for what, _third, words in RUN_MATRIX:
         assert what in rows, what
         assert f"`{words}`" in rows[what][1], rows[what]
@@ -456,7 +483,7 @@ def test_readme_carries_the_same_tables():
         assert rows[what][1:] == [f"`{named}`", producer, run, worker], rows[what]
     expected = {r[0] for r in MATRIX} | {r[0] for r in RUN_MATRIX} | {r[0] for r in CONFIG_MATRIX}
     headers = {"bad input", "bad line", "bad setting"}
-    own = {REUSED_KEY[0], UNREACHABLE[0]}
+    own = {REUSED_KEY[0], UNREACHABLE[0], TOO_MUCH[0]}
     assert set(rows) == expected | own | headers, set(rows) ^ expected
 
 
