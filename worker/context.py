@@ -13,13 +13,13 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import orjson
 import redis
 from batchrelay.config import Settings
 from batchrelay.producer.keys import Keys, tag_of
 from batchrelay.producer.records import now_ms
 from batchrelay.worker.providers import BatchAdapter, make_adapter
+from batchrelay.worker.webhook_client import WebhookClient
 from batchrelay.worker.webhooks import make_webhook_client
 from redis.exceptions import LockError, LockNotOwnedError
 
@@ -50,7 +50,7 @@ class Relay:
         self.keys = Keys(settings.key_prefix)
         self.redis = client or redis.Redis.from_url(settings.redis_url.get_secret_value())
         self._adapters: dict[str, BatchAdapter] = {}
-        self._webhooks: httpx.Client | None = None
+        self._webhooks: WebhookClient | None = None
         self._group_meta: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
 
@@ -61,7 +61,7 @@ class Relay:
             self._webhooks.close()
         self.redis.close()
 
-    def webhook_client(self) -> httpx.Client:
+    def webhook_client(self) -> WebhookClient:
         with self._lock:
             if self._webhooks is None:
                 self._webhooks = make_webhook_client()

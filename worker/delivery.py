@@ -13,15 +13,17 @@ from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import orjson
 from batchrelay.producer import commands
-from batchrelay.producer.callbacks import callback_from_record
+from batchrelay.producer.callbacks import CallbackKind, callback_from_record
 from batchrelay.producer.keys import tag_of
 from batchrelay.producer.records import RESULT_FIELDS, result_payload
 from batchrelay.worker.context import Relay
 from batchrelay.worker.senders import SENDERS, DeliveryAttempt, SendContext, SendTask
+from redis.exceptions import NoScriptError
 
 log = logging.getLogger(__name__)
 
@@ -59,67 +61,125 @@ def lease_due(relay: Relay, now: int | None = None) -> list[LeasedChunk]:
 def deliver_chunk(
     relay: Relay, rids: Iterable[str], leased_until_ms: int, send_task: SendTask
 ) -> Counter[str]:
-    """Deliver a chunk with a few requests in flight at once: a receiver's latency, not our
-    CPU, bounds webhook throughput."""
+    """Deliver a chunk: one round trip takes every request (if this holder's lease on it is
+    still current; "stale" if not) and reads its record, a few attempts run at once (a
+    receiver's latency, not our CPU, bounds webhook throughput), and the outcomes of each
+    `delivery_concurrency` finished attempts are written in one transaction."""
     ctx = SendContext(relay, send_task)
-    with ThreadPoolExecutor(relay.settings.delivery_concurrency) as pool:
-        outcomes = pool.map(lambda rid: deliver_one(ctx, rid, leased_until_ms), rids)
-        return Counter(outcomes)
+    outcomes: Counter[str] = Counter()
+    due = _take_all(relay, list(rids), leased_until_ms, outcomes)
+    wave = relay.settings.delivery_concurrency
+    with ThreadPoolExecutor(wave) as pool:
+        done: list[tuple[_Due, DeliveryAttempt]] = []
+        for item, attempt in zip(due, pool.map(partial(_send, ctx), due), strict=True):
+            done.append((item, attempt))
+            if len(done) >= wave:
+                outcomes.update(_record_all(relay, done))
+                done = []
+        outcomes.update(_record_all(relay, done))
+    return outcomes
 
 
-def deliver_one(ctx: SendContext, rid: str, leased_until_ms: int) -> str:
-    """One delivery attempt, if this holder's lease on it is still current ("stale" if not),
-    by the sender registered for the callback's kind."""
-    relay = ctx.relay
-    key, tag = relay.keys.req(rid), tag_of(rid)
-    if not _take(relay, tag, rid, leased_until_ms):
-        return "stale"
-    values = relay.redis.hmget(key, DELIVERY_FIELDS)
-    fields = dict(zip(DELIVERY_FIELDS, values, strict=True))
-    if fields["state"] is None or fields["dstate"] != b"pending":
-        relay.redis.zrem(relay.keys.deliver(tag), rid)
-        return "skipped"
-    payload = result_payload(rid, relay.group_meta(tag), values[: len(RESULT_FIELDS)])
-    callback = callback_from_record(
-        orjson.loads(fields["callback"]) if fields["callback"] else None
-    )
-    if callback is None:
-        relay.redis.zrem(relay.keys.deliver(tag), rid)
-        return "skipped"
-    attempt = SENDERS[callback.kind](ctx, rid, callback, payload)
-    return _record(relay, rid, int(fields["dattempts"] or 0) + 1, attempt)
+@dataclass(frozen=True, slots=True)
+class _Due:
+    """A taken delivery, ready to send."""
+
+    rid: str
+    attempts: int  # before this one
+    callback: CallbackKind
+    payload: dict[str, Any]
 
 
-def _take(relay: Relay, tag: str, rid: str, leased_until_ms: int) -> bool:
-    """Hold the delivery for one attempt from now: the lease, and never less than a full
-    webhook timeout plus a margin, so a slow receiver is not raced by a second sender."""
+def _send(ctx: SendContext, item: _Due) -> DeliveryAttempt:
+    """One attempt by the sender registered for the callback's kind."""
+    return SENDERS[item.callback.kind](ctx, item.rid, item.callback, item.payload)
+
+
+def _take_all(
+    relay: Relay, rids: list[str], leased_until_ms: int, outcomes: Counter[str]
+) -> list[_Due]:
+    """Take every delivery of the chunk and read its record, in one round trip.
+
+    Each is held for the whole chunk's worst case (every wave of attempts running to the
+    webhook timeout, plus a margin), never less than the lease, so a slow receiver is not
+    raced by a second sender. Those already delivered or dead, or without a callback, leave
+    the schedule ("skipped")."""
+    if not rids:
+        return []
     s = relay.settings
-    hold_ms = max(relay.lease_ms(), int((s.webhook_timeout_s + 5) * 1000))
-    call = commands.take(relay.keys.deliver(tag), rid, leased_until_ms, relay.now() + hold_ms)
-    return commands.run(relay.redis, call)
+    waves = -(-len(rids) // s.delivery_concurrency)
+    hold_ms = max(relay.lease_ms(), int((waves * s.webhook_timeout_s + 5) * 1000))
+    until = relay.now() + hold_ms
+    calls = [
+        commands.take(relay.keys.deliver(tag_of(rid)), rid, leased_until_ms, until) for rid in rids
+    ]
+
+    def queue(pipe: Any) -> Any:
+        for rid, call in zip(rids, calls, strict=True):
+            call.queue(pipe)
+            pipe.hmget(relay.keys.req(rid), DELIVERY_FIELDS)
+        return pipe
+
+    try:
+        replies = queue(relay.redis.pipeline(transaction=False)).execute()
+    except NoScriptError:  # Redis restarted or was flushed: every take failed, none held
+        relay.redis.script_load(commands.SOURCE)
+        replies = queue(relay.redis.pipeline(transaction=False)).execute()
+    due, skipped = [], []
+    for i, (rid, call) in enumerate(zip(rids, calls, strict=True)):
+        if not call.parse(replies[2 * i]):
+            outcomes["stale"] += 1
+            continue
+        values = replies[2 * i + 1]
+        fields = dict(zip(DELIVERY_FIELDS, values, strict=True))
+        callback = None
+        if fields["state"] is not None and fields["dstate"] == b"pending" and fields["callback"]:
+            callback = callback_from_record(orjson.loads(fields["callback"]))
+        if callback is None:
+            skipped.append(rid)
+            continue
+        payload = result_payload(rid, relay.group_meta(tag_of(rid)), values[: len(RESULT_FIELDS)])
+        due.append(_Due(rid, int(fields["dattempts"] or 0), callback, payload))
+    if skipped:
+        pipe = relay.redis.pipeline(transaction=False)
+        for rid in skipped:
+            pipe.zrem(relay.keys.deliver(tag_of(rid)), rid)
+        pipe.execute()
+        outcomes["skipped"] += len(skipped)
+    return due
 
 
-def _record(relay: Relay, rid: str, attempts: int, attempt: DeliveryAttempt) -> str:
-    key, tag, now = relay.keys.req(rid), tag_of(rid), relay.now()
-    schedule = relay.settings.delivery_retry_schedule_s
+def _record_all(relay: Relay, done: list[tuple[_Due, DeliveryAttempt]]) -> Counter[str]:
+    """Write finished attempts in one transaction: delivered, rescheduled on the retry
+    schedule (or the receiver's Retry-After if longer), or moved to the dead letters."""
+    if not done:
+        return Counter()
+    now, schedule = relay.now(), relay.settings.delivery_retry_schedule_s
     pipe = relay.redis.pipeline(transaction=True)
-    if attempt.ok:
-        pipe.hset(key, mapping={"dstate": "delivered", "dattempts": attempts, "delivered": now})
-        pipe.zrem(relay.keys.deliver(tag), rid)
-        outcome = "delivered"
-    elif attempt.final or attempts > len(schedule):
-        pipe.hset(key, mapping={"dstate": "dead", "dattempts": attempts, "dlast": attempt.error})
-        pipe.zrem(relay.keys.deliver(tag), rid)
-        pipe.zadd(relay.keys.dead(tag), {rid: now})
-        log.warning("delivery of %s given up after %d attempts: %s", rid, attempts, attempt.error)
-        outcome = "dead"
-    else:
-        delay = max(schedule[attempts - 1], attempt.retry_after or 0.0)
-        pipe.hset(key, mapping={"dattempts": attempts, "dlast": attempt.error})
-        pipe.zadd(relay.keys.deliver(tag), {rid: now + int(delay * 1000)})
-        outcome = "retry"
+    outcomes: Counter[str] = Counter()
+    for item, attempt in done:
+        rid, attempts = item.rid, item.attempts + 1
+        key, deliver = relay.keys.req(rid), relay.keys.deliver(tag_of(rid))
+        if attempt.ok:
+            pipe.hset(key, mapping={"dstate": "delivered", "dattempts": attempts, "delivered": now})
+            pipe.zrem(deliver, rid)
+            outcomes["delivered"] += 1
+        elif attempt.final or attempts > len(schedule):
+            mapping = {"dstate": "dead", "dattempts": attempts, "dlast": attempt.error}
+            pipe.hset(key, mapping=mapping)
+            pipe.zrem(deliver, rid)
+            pipe.zadd(relay.keys.dead(tag_of(rid)), {rid: now})
+            log.warning(
+                "delivery of %s given up after %d attempts: %s", rid, attempts, attempt.error
+            )
+            outcomes["dead"] += 1
+        else:
+            delay = max(schedule[attempts - 1], attempt.retry_after or 0.0)
+            pipe.hset(key, mapping={"dattempts": attempts, "dlast": attempt.error})
+            pipe.zadd(deliver, {rid: now + int(delay * 1000)})
+            outcomes["retry"] += 1
     pipe.execute()
-    return outcome
+    return outcomes
 
 
 def dead_letters(relay: Relay) -> list[dict[str, Any]]:

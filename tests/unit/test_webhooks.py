@@ -9,19 +9,23 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from email.utils import formatdate
+from pathlib import Path
 
-import httpx
 import pytest
 import standardwebhooks
 from batchrelay.config.webhook_secrets import generate_webhook_secret
 from batchrelay.producer import callbacks
 from batchrelay.producer.callbacks import WebhookPolicy
 from batchrelay.producer.errors import ConfigurationError
+from batchrelay.worker.webhook_client import Target, WebhookClient
 from batchrelay.worker.webhooks import (
     RESPONSE_PREFIX_BYTES,
     USER_AGENT,
@@ -41,7 +45,7 @@ SECRET = generate_webhook_secret()
 
 
 @pytest.fixture
-def client() -> Iterator[httpx.Client]:
+def client() -> Iterator[WebhookClient]:
     with make_webhook_client() as c:
         yield c
 
@@ -53,7 +57,7 @@ def _fresh_cache() -> Iterator[None]:
     callbacks.clear_resolution_cache()
 
 
-def send(client: httpx.Client, url: str, msg_id: str = "req_1", **kwargs) -> object:  # type: ignore[no-untyped-def]
+def send(client: WebhookClient, url: str, msg_id: str = "req_1", **kwargs) -> object:  # type: ignore[no-untyped-def]
     kwargs.setdefault("policy", LOCAL)
     return send_webhook(client, url, BODY, msg_id, [SECRET], **kwargs)
 
@@ -62,7 +66,7 @@ def send(client: httpx.Client, url: str, msg_id: str = "req_1", **kwargs) -> obj
 
 
 def test_delivery_is_signed_and_verifies(
-    client: httpx.Client, webhook_receiver: WebhookReceiver
+    client: WebhookClient, webhook_receiver: WebhookReceiver
 ) -> None:
     frozen = time.time()
     attempt = send_webhook(
@@ -89,7 +93,7 @@ def test_delivery_is_signed_and_verifies(
 
 
 def test_tampering_breaks_the_signature(
-    client: httpx.Client, webhook_receiver: WebhookReceiver
+    client: WebhookClient, webhook_receiver: WebhookReceiver
 ) -> None:
     assert send(client, webhook_receiver.url).ok
     [d] = webhook_receiver.received
@@ -110,7 +114,7 @@ def test_tampering_breaks_the_signature(
 
 
 def test_two_secrets_sign_twice_for_rotation(
-    client: httpx.Client, webhook_receiver: WebhookReceiver
+    client: WebhookClient, webhook_receiver: WebhookReceiver
 ) -> None:
     old, new = generate_webhook_secret(), generate_webhook_secret(24)
     attempt = send_webhook(
@@ -143,7 +147,7 @@ def test_bad_secrets_are_refused_without_showing_them(secrets: object, message: 
     assert "hunter2" not in str(info.value)
 
 
-def test_misuse_raises(client: httpx.Client, webhook_receiver: WebhookReceiver) -> None:
+def test_misuse_raises(client: WebhookClient, webhook_receiver: WebhookReceiver) -> None:
     with pytest.raises(ValueError, match="UTF-8"):
         send_webhook(client, webhook_receiver.url, b"\xff\xfe", "req_1", [SECRET], policy=LOCAL)
     with pytest.raises(ValueError, match="msg_id"):
@@ -156,7 +160,9 @@ def test_misuse_raises(client: httpx.Client, webhook_receiver: WebhookReceiver) 
 # -- outcomes --------------------------------------------------------------------------------
 
 
-def test_server_error_is_retryable(client: httpx.Client, webhook_receiver: WebhookReceiver) -> None:
+def test_server_error_is_retryable(
+    client: WebhookClient, webhook_receiver: WebhookReceiver
+) -> None:
     webhook_receiver.status_for = lambda _id: 500
     attempt = send(client, webhook_receiver.url)
     assert not attempt.ok and attempt.status == 500 and attempt.error == "HTTP 500"
@@ -165,7 +171,7 @@ def test_server_error_is_retryable(client: httpx.Client, webhook_receiver: Webho
 
 
 def test_429_retry_after_seconds_and_http_date(
-    client: httpx.Client, webhook_receiver: WebhookReceiver
+    client: WebhookClient, webhook_receiver: WebhookReceiver
 ) -> None:
     frozen = time.time()
     webhook_receiver.status_for = lambda _id: 429
@@ -199,7 +205,7 @@ def test_parse_retry_after(value: str | None, expected: float | None) -> None:
     assert parse_retry_after(value, now=1767225600.0) == expected  # 2026-01-01T00:00:00Z
 
 
-def test_410_means_gone(client: httpx.Client, webhook_receiver: WebhookReceiver) -> None:
+def test_410_means_gone(client: WebhookClient, webhook_receiver: WebhookReceiver) -> None:
     webhook_receiver.status_for = lambda _id: 410
     attempt = send(client, webhook_receiver.url)
     assert not attempt.ok and attempt.final and attempt.status == 410
@@ -207,7 +213,7 @@ def test_410_means_gone(client: httpx.Client, webhook_receiver: WebhookReceiver)
 
 
 def test_receiver_can_abort_retries(
-    client: httpx.Client, webhook_receiver: WebhookReceiver
+    client: WebhookClient, webhook_receiver: WebhookReceiver
 ) -> None:
     webhook_receiver.status_for = lambda _id: 400
     webhook_receiver.headers_for = lambda _id: {"webhook-delivery": "abort-message"}
@@ -217,7 +223,7 @@ def test_receiver_can_abort_retries(
 
 
 def test_redirect_is_a_failure_and_not_followed(
-    client: httpx.Client, webhook_receiver: WebhookReceiver
+    client: WebhookClient, webhook_receiver: WebhookReceiver
 ) -> None:
     with WebhookReceiver() as target:
         webhook_receiver.redirect_to = target.url + "/elsewhere"
@@ -228,7 +234,7 @@ def test_redirect_is_a_failure_and_not_followed(
         assert target.received == []
 
 
-def test_timeout(client: httpx.Client, webhook_receiver: WebhookReceiver) -> None:
+def test_timeout(client: WebhookClient, webhook_receiver: WebhookReceiver) -> None:
     webhook_receiver.delay_s = 5.0
     attempt = send(client, webhook_receiver.url, timeout=0.3)
     assert not attempt.ok and attempt.status is None
@@ -237,7 +243,7 @@ def test_timeout(client: httpx.Client, webhook_receiver: WebhookReceiver) -> Non
 
 
 def test_connection_refused_while_down_then_delivered_after_up(
-    client: httpx.Client, webhook_receiver: WebhookReceiver
+    client: WebhookClient, webhook_receiver: WebhookReceiver
 ) -> None:
     url = webhook_receiver.url + "/hook"
     assert send(client, url, "before").ok
@@ -250,7 +256,9 @@ def test_connection_refused_while_down_then_delivered_after_up(
     assert [d.msg_id for d in webhook_receiver.received] == ["before", "after"]
 
 
-def test_huge_response_is_not_read(client: httpx.Client, webhook_receiver: WebhookReceiver) -> None:
+def test_huge_response_is_not_read(
+    client: WebhookClient, webhook_receiver: WebhookReceiver
+) -> None:
     webhook_receiver.response_body = b"x" * (16 << 20)
     attempt = send(client, webhook_receiver.url)
     assert attempt.ok
@@ -261,7 +269,7 @@ def test_huge_response_is_not_read(client: httpx.Client, webhook_receiver: Webho
 # -- SSRF guard ------------------------------------------------------------------------------
 
 
-def test_blocked_url_at_send_time(client: httpx.Client, webhook_receiver: WebhookReceiver) -> None:
+def test_blocked_url_at_send_time(client: WebhookClient, webhook_receiver: WebhookReceiver) -> None:
     attempt = send(client, webhook_receiver.url + "/hook?token=s3cr3t", policy=WebhookPolicy())
     assert not attempt.ok and not attempt.final and attempt.status is None
     assert attempt.error.startswith("blocked: ") and "(loopback)" in attempt.error
@@ -272,31 +280,33 @@ def test_blocked_url_at_send_time(client: httpx.Client, webhook_receiver: Webhoo
 
 
 def test_port_past_65535_is_refused_at_send_time(
-    client: httpx.Client, webhook_receiver: WebhookReceiver
+    client: WebhookClient, webhook_receiver: WebhookReceiver
 ) -> None:
     # A record stored before submit refused such ports must not wrap to the receiver's port.
     wrapped = webhook_receiver.port + 65536
     attempt = send(client, f"http://127.0.0.1:{wrapped}/hook")
     assert not attempt.ok and attempt.status is None
     assert attempt.error.startswith("blocked: ") and f"port {wrapped} is outside" in attempt.error
-    with pytest.raises(httpx.ConnectError, match=f"^blocked: .*port {wrapped}"):
-        client.post(f"http://127.0.0.1:{wrapped}/", content=b"{}")
     assert webhook_receiver.received == []
 
 
-def test_client_checks_addresses_at_connect_time(
-    client: httpx.Client, webhook_receiver: WebhookReceiver
+def test_client_connects_only_to_the_addresses_it_is_given(
+    client: WebhookClient, webhook_receiver: WebhookReceiver
 ) -> None:
-    # Outside send_webhook the client applies the strict default policy on its own.
-    with pytest.raises(httpx.ConnectError, match="^blocked: .*loopback"):
-        client.post(webhook_receiver.url, content=b"{}")
-    with pytest.raises(httpx.ConnectError, match="^blocked: "):
-        client.post(f"http://localhost:{webhook_receiver.port}/", content=b"{}")
+    # The client never resolves a name: "localhost" is the receiver, 127.0.0.2 is not.
+    target = Target(f"http://localhost:{webhook_receiver.port}/")
+    with pytest.raises(ConnectionRefusedError):
+        client.post(
+            target, [ipaddress.ip_address("127.0.0.2")], {}, b"{}",
+            deadline=time.monotonic() + 2, prefix_bytes=10,
+        )  # fmt: skip
+    with pytest.raises(ConnectionError, match="no address"):
+        client.post(target, [], {}, b"{}", deadline=time.monotonic() + 2, prefix_bytes=10)
     assert webhook_receiver.received == []
 
 
 def test_dns_rebinding_cannot_redirect_the_connection(
-    client: httpx.Client, webhook_receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+    client: WebhookClient, webhook_receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The name first answers an allowed address, then the receiver's (forbidden) one.
 
@@ -366,7 +376,7 @@ class _RawServer:
         self.thread.join(2)
 
 
-def test_a_dripping_receiver_cannot_outlast_the_timeout(client: httpx.Client) -> None:
+def test_a_dripping_receiver_cannot_outlast_the_timeout(client: WebhookClient) -> None:
     # Each gap is shorter than the timeout, so only a total deadline stops this.
     drip = [b"HTTP/1.1 200 OK\r\n"] + [b"X-Slow: 1\r\n"] * 100
     server = _RawServer(drip, gap_s=0.05)
@@ -379,7 +389,7 @@ def test_a_dripping_receiver_cannot_outlast_the_timeout(client: httpx.Client) ->
 
 
 def test_a_stalled_body_after_2xx_headers_still_counts_as_delivered(
-    client: httpx.Client,
+    client: WebhookClient,
 ) -> None:
     head = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial"
     server = _RawServer([head], gap_s=0.0)
@@ -391,11 +401,168 @@ def test_a_stalled_body_after_2xx_headers_still_counts_as_delivered(
     assert attempt.duration_s < 1.0
 
 
+# -- keep-alive connections -------------------------------------------------------------------
+
+
+class _KeepAliveServer:
+    """A loopback HTTP/1.1 server that keeps connections open (tests/_receiver answers
+    HTTP/1.0, one request per connection); records (connection number, webhook-id)."""
+
+    def __init__(
+        self,
+        answer: bytes = b"HTTP/1.1 204 No Content\r\n\r\n",
+        tls: ssl.SSLContext | None = None,
+    ):
+        self.answer, self.tls = answer, tls
+        self.close_after_answer = False
+        self.got: list[tuple[int, str]] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self._serve, args=(conn, self.accepted), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, n: int) -> None:
+        buf = b""
+        if self.tls is not None:
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError):
+                return
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                fields = dict(
+                    line.decode().lower().split(": ", 1) for line in head.split(b"\r\n")[1:]
+                )
+                length = int(fields.get("content-length", "0"))
+                while len(buf) < length:
+                    buf += conn.recv(65536)
+                buf = buf[length:]
+                self.got.append((n, fields.get("webhook-id", "")))
+                conn.sendall(self.answer)
+                if self.close_after_answer:
+                    return
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def keepalive() -> Iterator[_KeepAliveServer]:
+    server = _KeepAliveServer()
+    yield server
+    server.close()
+
+
+def test_connections_are_reused_per_receiver(
+    client: WebhookClient, keepalive: _KeepAliveServer
+) -> None:
+    url = f"http://127.0.0.1:{keepalive.port}/hook"
+    assert all(send(client, url, f"req_{i}").ok for i in range(5))
+    assert keepalive.got == [(1, f"req_{i}") for i in range(5)]
+
+
+def test_a_reused_connection_is_checked_again_each_attempt(
+    client: WebhookClient, keepalive: _KeepAliveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pooled connection to 127.0.0.1 is not used once the policy refuses that address,
+    nor once the name resolves elsewhere: each attempt resolves and checks afresh."""
+    url = f"http://127.0.0.1:{keepalive.port}/hook"
+    assert send(client, url, "first").ok
+    blocked = send(client, url, "second", policy=WebhookPolicy())
+    assert blocked.error.startswith("blocked: ") and "(loopback)" in blocked.error
+
+    answers = iter(["127.0.0.1", "127.0.0.2"])
+    real = socket.getaddrinfo
+
+    def moving(host, port, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if host != "moving.invalid":
+            return real(host, port, *args, **kwargs)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (next(answers), port or 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", moving)
+    policy = WebhookPolicy(allow_hosts=("127.0.0.1", "127.0.0.2"))
+    moved = f"http://moving.invalid:{keepalive.port}/hook"
+    assert send(client, moved, "third", policy=policy).ok
+    attempt = send(client, moved, "fourth", policy=policy)
+    assert not attempt.ok and attempt.error == "connection refused"
+    assert [msg_id for _n, msg_id in keepalive.got] == ["first", "third"]
+
+
+def test_an_idle_connection_the_receiver_closed_is_replaced(
+    client: WebhookClient, keepalive: _KeepAliveServer
+) -> None:
+    keepalive.close_after_answer = True  # answers keep-alive, then hangs up
+    url = f"http://127.0.0.1:{keepalive.port}/hook"
+    assert send(client, url, "a").ok
+    time.sleep(0.1)
+    assert send(client, url, "b").ok
+    assert keepalive.got == [(1, "a"), (2, "b")]
+
+
+def test_a_redirect_over_keep_alive_is_not_followed(client: WebhookClient) -> None:
+    answer = b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:9/\r\n"
+    server = _KeepAliveServer(answer + b"Content-Length: 0\r\n\r\n")
+    try:
+        attempt = send(client, f"http://127.0.0.1:{server.port}/hook")
+    finally:
+        server.close()
+    assert not attempt.ok and attempt.status == 307
+    assert attempt.error == "redirect 307 not followed"
+    assert server.got == [(1, "req_1")]
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (no CA any default trust store knows)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+         "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_https_is_verified_and_kept_alive(certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    server = _KeepAliveServer(tls=server_tls)
+    url = f"https://127.0.0.1:{server.port}/hook"
+    try:
+        with make_webhook_client() as untrusting:
+            refused = send(untrusting, url, "untrusted")
+        assert not refused.ok and refused.error.startswith("TLS error: ")
+        trusting = ssl.create_default_context(cafile=str(cert))
+        with make_webhook_client(verify=trusting) as c:
+            assert send(c, url, "a").ok and send(c, url, "b").ok
+    finally:
+        server.close()
+    assert [msg_id for _n, msg_id in server.got] == ["a", "b"]
+    assert server.got[0][0] == server.got[1][0]  # one connection for both
+
+
 # -- the receiver itself ---------------------------------------------------------------------
 
 
 def test_receiver_fails_a_stable_fraction_of_first_attempts(
-    client: httpx.Client, webhook_receiver: WebhookReceiver
+    client: WebhookClient, webhook_receiver: WebhookReceiver
 ) -> None:
     share = sum(fails_first(f"req_{i}", 0.3) for i in range(4000)) / 4000
     assert 0.27 < share < 0.33
@@ -410,7 +577,7 @@ def test_receiver_fails_a_stable_fraction_of_first_attempts(
 
 
 def test_receiver_wait_for_blocks_until_enough_ids(
-    client: httpx.Client, webhook_receiver: WebhookReceiver
+    client: WebhookClient, webhook_receiver: WebhookReceiver
 ) -> None:
     assert not webhook_receiver.wait_for(1, timeout=0.05)
 
