@@ -14,6 +14,7 @@ rebinding) cannot reach an internal address.
 from __future__ import annotations
 
 import email.utils
+import functools
 import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -47,9 +48,16 @@ def _signer(secret: WebhookSecret, index: int) -> standardwebhooks.Webhook:
     it): the library would sign with a leniently decoded, wrong key."""
     raw = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
     try:
-        return standardwebhooks.Webhook(webhook_secret_key(raw))
+        return _checked_signer(raw)
     except ValueError as exc:
         raise errors.ConfigurationError(f"webhook secret #{index + 1} {exc}") from None
+
+
+@functools.lru_cache(maxsize=64)
+def _checked_signer(raw: str) -> standardwebhooks.Webhook:
+    """One signer per secret for the process (decoding it per attempt was a tenth of the
+    attempt's CPU); a malformed secret raises every time, it is never cached."""
+    return standardwebhooks.Webhook(webhook_secret_key(raw))
 
 
 def sign_webhook(msg_id: str, timestamp: int, body: bytes, secrets: Sequence[WebhookSecret]) -> str:
@@ -164,8 +172,7 @@ def send_webhook(
         return DeliveryAttempt(ok=False, error=error, duration_s=time.monotonic() - started)
 
     try:
-        check_webhook_url(url, policy, resolve=False)
-        target = Target(url)
+        target = _target(url, policy)
         addresses = resolve_webhook_host(target.host, policy, fresh=True)
     except errors.InvalidCallbackError as exc:
         return failed(f"blocked: {exc}")
@@ -206,6 +213,16 @@ def send_webhook(
         duration_s=time.monotonic() - started,
         response_excerpt=excerpt,
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _target(url: str, policy: WebhookPolicy) -> Target:
+    """The URL's own checks (scheme, credentials, port, a literal address) and where it
+    points: a pure function of the string and the policy, so kept per process; the DNS
+    answer and every address it holds are checked afresh on each attempt. A refused URL
+    raises every time (exceptions are never cached)."""
+    check_webhook_url(url, policy, resolve=False)
+    return Target(url)
 
 
 def _describe_error(exc: OSError) -> str:
