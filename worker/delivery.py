@@ -61,22 +61,18 @@ def lease_due(relay: Relay, now: int | None = None) -> list[LeasedChunk]:
 def deliver_chunk(
     relay: Relay, rids: Iterable[str], leased_until_ms: int, send_task: SendTask
 ) -> Counter[str]:
-    """Deliver a chunk: one round trip takes every request (if this holder's lease on it is
-    still current; "stale" if not) and reads its record, a few attempts run at once (a
-    receiver's latency, not our CPU, bounds webhook throughput), and the outcomes of each
-    `delivery_concurrency` finished attempts are written in one transaction."""
+    """Deliver a chunk in waves of `delivery_concurrency`: one round trip takes a wave's
+    requests (if this holder's lease on each is still current; "stale" if not) and reads
+    their records, the wave's attempts run at once (a receiver's latency, not our CPU,
+    bounds webhook throughput), and their outcomes are written in one transaction."""
     ctx = SendContext(relay, send_task)
     outcomes: Counter[str] = Counter()
-    due = _take_all(relay, list(rids), leased_until_ms, outcomes)
-    wave = relay.settings.delivery_concurrency
+    ids, wave = list(rids), relay.settings.delivery_concurrency
     with ThreadPoolExecutor(wave) as pool:
-        done: list[tuple[_Due, DeliveryAttempt]] = []
-        for item, attempt in zip(due, pool.map(partial(_send, ctx), due), strict=True):
-            done.append((item, attempt))
-            if len(done) >= wave:
-                outcomes.update(_record_all(relay, done))
-                done = []
-        outcomes.update(_record_all(relay, done))
+        for start in range(0, len(ids), wave):
+            due = _take_all(relay, ids[start : start + wave], leased_until_ms, outcomes)
+            attempts = pool.map(partial(_send, ctx), due)
+            outcomes.update(_record_all(relay, list(zip(due, attempts, strict=True))))
     return outcomes
 
 
@@ -98,17 +94,15 @@ def _send(ctx: SendContext, item: _Due) -> DeliveryAttempt:
 def _take_all(
     relay: Relay, rids: list[str], leased_until_ms: int, outcomes: Counter[str]
 ) -> list[_Due]:
-    """Take every delivery of the chunk and read its record, in one round trip.
+    """Take a wave of deliveries and read their records, in one round trip.
 
-    Each is held for the whole chunk's worst case (every wave of attempts running to the
-    webhook timeout, plus a margin), never less than the lease, so a slow receiver is not
-    raced by a second sender. Those already delivered or dead, or without a callback, leave
-    the schedule ("skipped")."""
+    Each is held from now for the lease, and never less than a full webhook timeout plus a
+    margin (the wave's attempts start at once), so a slow receiver is not raced by a second
+    sender, and a killed worker's wave is due again that soon. Those already delivered or
+    dead, or without a callback, leave the schedule ("skipped")."""
     if not rids:
         return []
-    s = relay.settings
-    waves = -(-len(rids) // s.delivery_concurrency)
-    hold_ms = max(relay.lease_ms(), int((waves * s.webhook_timeout_s + 5) * 1000))
+    hold_ms = max(relay.lease_ms(), int((relay.settings.webhook_timeout_s + 5) * 1000))
     until = relay.now() + hold_ms
     calls = [
         commands.take(relay.keys.deliver(tag_of(rid)), rid, leased_until_ms, until) for rid in rids

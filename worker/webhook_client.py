@@ -34,6 +34,8 @@ from batchrelay.producer.callbacks.addresses import IPAddress
 # Past this many header bytes an answer is refused as malformed.
 MAX_HEAD_BYTES = 64 * 1024
 READ_BYTES = 64 * 1024
+# An idle connection older than this is closed (the receiver's keep-alive is likely shorter).
+IDLE_S = 30.0
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -81,6 +83,7 @@ class _Deadline:
 class _Conn:
     sock: socket.socket
     ip: IPAddress
+    idle_since: float = 0.0
 
 
 class WebhookClient:
@@ -98,6 +101,7 @@ class WebhookClient:
         self._max_idle = max_idle
         self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
         self._lock = threading.Lock()
+        self._swept = time.monotonic()
 
     def post(
         self,
@@ -160,12 +164,27 @@ class WebhookClient:
 
     def _release(self, target: Target, conn: _Conn) -> None:
         key = (target.scheme, target.host, target.port)
+        conn.idle_since = now = time.monotonic()
+        expired = self._expire(now) if now - self._swept > 1.0 else []
         with self._lock:
             conns = self._idle.setdefault(key, [])
             if len(conns) < self._max_idle:
                 conns.append(conn)
-                return
-        _close(conn.sock)
+            else:
+                expired.append(conn)
+        for old in expired:
+            _close(old.sock)
+
+    def _expire(self, now: float) -> list[_Conn]:
+        """Take out connections idle past IDLE_S, so receivers seen once hold no sockets."""
+        with self._lock:
+            self._swept = now
+            expired = [c for cs in self._idle.values() for c in cs if now - c.idle_since > IDLE_S]
+            for key in list(self._idle):
+                self._idle[key] = [c for c in self._idle[key] if now - c.idle_since <= IDLE_S]
+                if not self._idle[key]:
+                    del self._idle[key]
+        return expired
 
     def _connect(self, target: Target, allowed: list[IPAddress], clock: _Deadline) -> _Conn:
         last: OSError | None = None
@@ -259,7 +278,7 @@ class _Reader:
         """At most `prefix` bytes of the body and whether it was read to its end. A body
         that stalls or breaks off is cut where it stopped: the status is the answer."""
         if status in (204, 304):
-            return b"", True
+            return b"", not self.buf  # bytes past a bodiless answer: not reusable
         chunked = "chunked" in headers.get("transfer-encoding", "").lower()
         length = None if chunked else _content_length(headers)
         want = prefix if length is None else min(prefix, length)

@@ -461,3 +461,36 @@ def test_a_batch_our_side_cannot_move_is_reported_stuck(stack, emu):
     assert rec["id"] == bid and rec["stuck"].startswith("claimed since")
     assert submit_batch(worker, bid) == "submitted"
     assert not stuck_batches(worker)
+
+
+def test_a_worker_killed_mid_chunk_holds_only_the_wave_it_took(stack):
+    """A chunk is taken one wave (`delivery_concurrency`) at a time, each held for the lease
+    or one webhook timeout plus a margin: what a killed worker took is due again that soon,
+    and what it had not reached keeps the chunk's lease."""
+    producer, worker = stack(delivery_concurrency=4)
+    ids = producer.submit_many(
+        [
+            {"endpoint": CHAT, "body": chat(f"w{i}"), "callback": CeleryTask("app.got")}
+            for i in range(12)
+        ]
+    )
+    drive(worker, all_final(producer, ids), deliver=False)
+    [chunk] = lease_due(worker)
+    sent: list[str] = []
+
+    def dies_on_the_second(name, payload, queue):
+        if sent:
+            raise KeyboardInterrupt  # the process is going down mid-send
+        sent.append(payload["id"])
+
+    started = worker.now()
+    with pytest.raises(KeyboardInterrupt):
+        deliver_chunk(worker, chunk.request_ids, chunk.leased_until_ms, dies_on_the_second)
+    hold_ms = max(worker.lease_ms(), int((worker.settings.webhook_timeout_s + 5) * 1000))
+    deliver = worker.keys.deliver(tag_of(ids[0]))
+    scores = {
+        rid.decode(): int(s) for rid, s in worker.redis.zrange(deliver, 0, -1, withscores=True)
+    }
+    first_wave = chunk.request_ids[:4]
+    assert all(started + hold_ms <= scores[r] <= worker.now() + hold_ms for r in first_wave)
+    assert all(scores[r] == chunk.leased_until_ms for r in chunk.request_ids[4:])

@@ -25,6 +25,7 @@ from batchrelay.config.webhook_secrets import generate_webhook_secret
 from batchrelay.producer import callbacks
 from batchrelay.producer.callbacks import WebhookPolicy
 from batchrelay.producer.errors import ConfigurationError
+from batchrelay.worker import webhook_client
 from batchrelay.worker.webhook_client import Target, WebhookClient
 from batchrelay.worker.webhooks import (
     RESPONSE_PREFIX_BYTES,
@@ -510,6 +511,24 @@ def test_an_idle_connection_the_receiver_closed_is_replaced(
     url = f"http://127.0.0.1:{keepalive.port}/hook"
     assert send(client, url, "a").ok
     time.sleep(0.1)
+    assert send(client, url, "b").ok
+    assert keepalive.got == [(1, "a"), (2, "b")]
+
+
+def test_idle_connections_expire(
+    client: WebhookClient, keepalive: _KeepAliveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A receiver not called for IDLE_S keeps no socket open: the sweep (at most once a
+    second, when any connection is released) closes it, and the next delivery reconnects."""
+    url = f"http://127.0.0.1:{keepalive.port}/hook"
+    assert send(client, url, "a").ok
+    monkeypatch.setattr(webhook_client, "IDLE_S", 0.0)
+    other = _KeepAliveServer()
+    try:
+        time.sleep(1.1)
+        assert send(client, f"http://127.0.0.1:{other.port}/hook", "x").ok
+    finally:
+        other.close()
     assert send(client, url, "b").ok
     assert keepalive.got == [(1, "a"), (2, "b")]
 
