@@ -9,11 +9,10 @@ an exhausted schedule moves the request to the group's dead letters, which can b
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import orjson
@@ -63,17 +62,35 @@ def deliver_chunk(
 ) -> Counter[str]:
     """Deliver a chunk in waves of `delivery_concurrency`: one round trip takes a wave's
     requests (if this holder's lease on each is still current; "stale" if not) and reads
-    their records, the wave's attempts run at once (a receiver's latency, not our CPU,
-    bounds webhook throughput), and their outcomes are written in one transaction."""
+    their records; its attempts run in a pool of as many threads (a receiver's latency, not
+    our CPU, bounds webhook throughput) and one transaction writes their outcomes. The next
+    wave is taken and queued while one runs, so the threads never wait for a round trip; at
+    most two waves are held at once (see `hold_ms`)."""
     ctx = SendContext(relay, send_task)
     outcomes: Counter[str] = Counter()
     ids, wave = list(rids), relay.settings.delivery_concurrency
+    running: deque[tuple[list[_Due], list[Future[DeliveryAttempt]]]] = deque()
     with ThreadPoolExecutor(wave) as pool:
         for start in range(0, len(ids), wave):
             due = _take_all(relay, ids[start : start + wave], leased_until_ms, outcomes)
-            attempts = pool.map(partial(_send, ctx), due)
-            outcomes.update(_record_all(relay, list(zip(due, attempts, strict=True))))
+            running.append((due, [pool.submit(_send, ctx, item) for item in due]))
+            if len(running) == 2:
+                outcomes.update(_finish(relay, *running.popleft()))
+        while running:
+            outcomes.update(_finish(relay, *running.popleft()))
     return outcomes
+
+
+def hold_ms(relay: Relay) -> int:
+    """How long a taken delivery is held: the lease, and never less than two webhook
+    timeouts plus a margin. A taken wave starts at once or behind the one running (each
+    attempt ends within a timeout), so a slow receiver is not raced by a second sender, and
+    what a killed worker held is due again that soon."""
+    return max(relay.lease_ms(), int((2 * relay.settings.webhook_timeout_s + 5) * 1000))
+
+
+def _finish(relay: Relay, due: list[_Due], futures: list[Future[DeliveryAttempt]]) -> Counter[str]:
+    return _record_all(relay, [(item, f.result()) for item, f in zip(due, futures, strict=True)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,16 +111,12 @@ def _send(ctx: SendContext, item: _Due) -> DeliveryAttempt:
 def _take_all(
     relay: Relay, rids: list[str], leased_until_ms: int, outcomes: Counter[str]
 ) -> list[_Due]:
-    """Take a wave of deliveries and read their records, in one round trip.
-
-    Each is held from now for the lease, and never less than a full webhook timeout plus a
-    margin (the wave's attempts start at once), so a slow receiver is not raced by a second
-    sender, and a killed worker's wave is due again that soon. Those already delivered or
-    dead, or without a callback, leave the schedule ("skipped")."""
+    """Take a wave of deliveries (each held for `hold_ms`) and read their records, in one
+    round trip. Those already delivered or dead, or without a callback, leave the schedule
+    ("skipped")."""
     if not rids:
         return []
-    hold_ms = max(relay.lease_ms(), int((relay.settings.webhook_timeout_s + 5) * 1000))
-    until = relay.now() + hold_ms
+    until = relay.now() + hold_ms(relay)
     calls = [
         commands.take(relay.keys.deliver(tag_of(rid)), rid, leased_until_ms, until) for rid in rids
     ]

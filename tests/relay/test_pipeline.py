@@ -3,6 +3,7 @@ HTTP, a real webhook receiver. (The Celery-driven version is test_stack.py.)"""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 
@@ -12,7 +13,7 @@ from batchrelay.emulator import start_emulator
 from batchrelay.producer.keys import Keys, tag_of
 from batchrelay.worker.collection import collect_batch
 from batchrelay.worker.context import Relay
-from batchrelay.worker.delivery import dead_letters, deliver_chunk, lease_due, replay
+from batchrelay.worker.delivery import dead_letters, deliver_chunk, hold_ms, lease_due, replay
 from batchrelay.worker.packing import aggregate
 from batchrelay.worker.providers import ProviderError
 from batchrelay.worker.submission import submit_batch
@@ -463,34 +464,36 @@ def test_a_batch_our_side_cannot_move_is_reported_stuck(stack, emu):
     assert not stuck_batches(worker)
 
 
-def test_a_worker_killed_mid_chunk_holds_only_the_wave_it_took(stack):
-    """A chunk is taken one wave (`delivery_concurrency`) at a time, each held for the lease
-    or one webhook timeout plus a margin: what a killed worker took is due again that soon,
-    and what it had not reached keeps the chunk's lease."""
+def test_a_worker_killed_mid_chunk_holds_only_the_waves_it_took(stack):
+    """A chunk is taken one wave (`delivery_concurrency`) at a time, at most two ahead of
+    their outcomes, each held for `hold_ms` (two webhook timeouts plus a margin, or the
+    lease): what a killed worker took is due again that soon, and what it had not reached
+    keeps the chunk's lease."""
     producer, worker = stack(delivery_concurrency=4)
     ids = producer.submit_many(
         [
             {"endpoint": CHAT, "body": chat(f"w{i}"), "callback": CeleryTask("app.got")}
-            for i in range(12)
+            for i in range(16)
         ]
     )
     drive(worker, all_final(producer, ids), deliver=False)
     [chunk] = lease_due(worker)
     sent: list[str] = []
+    lock = threading.Lock()
 
     def dies_on_the_second(name, payload, queue):
-        if sent:
-            raise KeyboardInterrupt  # the process is going down mid-send
-        sent.append(payload["id"])
+        with lock:
+            if sent:
+                raise KeyboardInterrupt  # the process is going down mid-send
+            sent.append(payload["id"])
 
     started = worker.now()
     with pytest.raises(KeyboardInterrupt):
         deliver_chunk(worker, chunk.request_ids, chunk.leased_until_ms, dies_on_the_second)
-    hold_ms = max(worker.lease_ms(), int((worker.settings.webhook_timeout_s + 5) * 1000))
+    held = hold_ms(worker)
+    assert held == int((2 * worker.settings.webhook_timeout_s + 5) * 1000)
     deliver = worker.keys.deliver(tag_of(ids[0]))
-    scores = {
-        rid.decode(): int(s) for rid, s in worker.redis.zrange(deliver, 0, -1, withscores=True)
-    }
-    first_wave = chunk.request_ids[:4]
-    assert all(started + hold_ms <= scores[r] <= worker.now() + hold_ms for r in first_wave)
-    assert all(scores[r] == chunk.leased_until_ms for r in chunk.request_ids[4:])
+    scores = {r.decode(): int(s) for r, s in worker.redis.zrange(deliver, 0, -1, withscores=True)}
+    taken, untouched = chunk.request_ids[:8], chunk.request_ids[8:]
+    assert all(started + held <= scores[r] <= worker.now() + held for r in taken)
+    assert all(scores[r] == chunk.leased_until_ms for r in untouched)
