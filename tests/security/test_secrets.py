@@ -108,8 +108,9 @@ def test_secrets_stay_out_of_logs_redis_and_task_args(redis_url, tmp_path):
         client.close()
         assert receiver.verify_all(WEBHOOK_SECRET) >= len(ids)
         assert len(scans) >= 3 and read > 1000
-        # Task messages were really scanned (which ones a 0.3 s scan catches varies).
-        assert len({t for t in TASKS_SEEN if t.startswith("batchrelay.")}) >= 2, TASKS_SEEN
+        # Task messages were really scanned (which ones a 0.3 s scan catches varies: beat now
+        # sends a dispatcher only when work is due, so often only the deliveries are caught).
+        assert any(t.startswith("batchrelay.") for t in TASKS_SEEN), TASKS_SEEN
         assert not leaks and not found, sorted(set(leaks + found))
         logs = stack.logs() + "".join(p.read_text() for p in tmp_path.glob("*.log"))
         assert "batchrelay.submit" in logs  # the logs were really captured
