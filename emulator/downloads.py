@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -34,6 +35,30 @@ class _DropCutMessage(logging.Filter):
 
 
 logging.getLogger("uvicorn.error").addFilter(_DropCutMessage())
+
+
+if TYPE_CHECKING:
+    from batchrelay.emulator.engine import Engine
+    from batchrelay.emulator.store import FileRecord
+
+
+def stored_file(
+    engine: Engine,
+    file_id: str,
+    record: FileRecord | None,
+    media_type: str = "application/octet-stream",
+) -> Response:
+    """A stored file as every download route serves it, under the download faults: the HTML
+    error page when the file is marked for it, else streamed at the fault's speed and cut."""
+    if record is not None and record.serves_html:
+        return html_error_page()
+    bytes_per_s, cut = engine.faults.download_plan()
+    return FileDownload(
+        engine.store.blob_path(file_id),
+        media_type=media_type,
+        bytes_per_s=bytes_per_s,
+        cut_fraction=cut,
+    )
 
 
 def html_error_page() -> Response:

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from batchrelay.emulator.anthropic_body import BodyError, split_requests
 from batchrelay.emulator.bodies import bounded_stream
-from batchrelay.emulator.downloads import FileDownload, html_error_page
+from batchrelay.emulator.downloads import stored_file
 from batchrelay.emulator.engine import CancelConflict, Engine, NotEnded
 from batchrelay.emulator.errors import ApiError
 from batchrelay.emulator.guards import api_guard
@@ -143,14 +143,6 @@ def anthropic_router() -> APIRouter:
         if anthropic_status(batch, time.time()) != "ended" or not batch.output_file_id:
             raise _error(400, f"Message batch {batch_id} has not ended yet; no results.")
         record = engine.store.get_file(batch.output_file_id)
-        if record is not None and record.serves_html:
-            return html_error_page()
-        bytes_per_s, cut = engine.faults.download_plan()
-        return FileDownload(
-            engine.store.blob_path(batch.output_file_id),
-            media_type="application/binary",
-            bytes_per_s=bytes_per_s,
-            cut_fraction=cut,
-        )
+        return stored_file(engine, batch.output_file_id, record, "application/binary")
 
     return router

@@ -31,7 +31,7 @@ import orjson
 from fastapi import APIRouter, Depends, Request, Response
 
 from batchrelay.emulator.bodies import bounded_stream, read_bounded
-from batchrelay.emulator.downloads import FileDownload, html_error_page
+from batchrelay.emulator.downloads import stored_file
 from batchrelay.emulator.engine import (
     GEMINI_FILE_LIFETIME_S,
     GEMINI_OUTPUT_PURPOSE,
@@ -306,15 +306,7 @@ def _download(request: Request, file_id: str) -> Response:
     record = _gemini_file(request, file_id)
     if request.query_params.get("alt") != "media":
         raise _error(400, "Only alt=media is supported for files:download.")
-    if record.serves_html:
-        return html_error_page()
-    bytes_per_s, cut = engine.faults.download_plan()
-    return FileDownload(
-        engine.store.blob_path(record.id),
-        media_type="application/octet-stream",
-        bytes_per_s=bytes_per_s,
-        cut_fraction=cut,
-    )
+    return stored_file(engine, record.id, record)
 
 
 def download_router() -> APIRouter:

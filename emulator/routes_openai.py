@@ -16,7 +16,7 @@ import time
 from fastapi import APIRouter, Depends, Request, Response
 
 from batchrelay.emulator.content import OPENAI_ENDPOINTS
-from batchrelay.emulator.downloads import FileDownload, html_error_page
+from batchrelay.emulator.downloads import stored_file
 from batchrelay.emulator.engine import CancelConflict, Engine
 from batchrelay.emulator.errors import ApiError, bad_request, not_found
 from batchrelay.emulator.guards import api_guard
@@ -321,15 +321,7 @@ def openai_router(flavor: str) -> APIRouter:
     def file_content(request: Request, file_id: str) -> Response:
         engine = _engine(request)
         record = _visible_file(request, file_id)
-        if record.serves_html:
-            return html_error_page()
-        bytes_per_s, cut = engine.faults.download_plan()
-        return FileDownload(
-            engine.store.blob_path(record.id),
-            media_type="application/octet-stream",
-            bytes_per_s=bytes_per_s,
-            cut_fraction=cut,
-        )
+        return stored_file(engine, record.id, record)
 
     @router.post("/batches")
     async def create_batch(request: Request) -> Response:
