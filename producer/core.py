@@ -25,6 +25,7 @@ from batchrelay.producer.callbacks import Callback
 from batchrelay.producer.intake import Intake, Prepared
 from batchrelay.producer.keys import Keys, new_request_id, tag_of
 from batchrelay.producer.records import (
+    CANCELLED,
     FINAL_STATES,
     IN_BATCH,
     RESULT_FIELDS,
@@ -40,6 +41,10 @@ T = TypeVar("T")
 P = TypeVar("P")
 
 CHUNK = 1000  # requests per round trip (submit, bulk reads)
+# `open` entries younger than this are never healed away: their intake may be under way.
+OPEN_GRACE_MS = 120_000
+HEAL_LIMIT = 1000  # entries looked at per refused submit
+CANCELLED_B = CANCELLED.encode()
 # A pubsub message can be lost (Redis restart, reconnect), and pending -> in_batch is not
 # announced: a wait re-reads the states this often anyway, a safety net, not a busy poll
 # (every second when someone shows progress).
@@ -224,11 +229,36 @@ class Core:
         call = self.admission.call(tenant, quota, fresh, created)
         (reply,) = yield Pipeline([call.queue])
         refused = call.parse(reply)
+        if refused == "max_pending" and (yield from self._heal_open(tenant, created)):
+            call = self.admission.call(tenant, quota, fresh, created)
+            (reply,) = yield Pipeline([call.queue])
+            refused = call.parse(reply)
         if refused == "ok":
             return
         if taken:
             yield Pipeline([self._unclaim(prepared[i], ids[i]).queue for i in taken])
         raise self.admission.refused(tenant, quota, refused, len(fresh), created)
+
+    def _heal_open(self, tenant: str, now: int) -> Flow[int]:
+        """Drop what crashes left in the tenant's `open` set, so `max_pending` does not refuse
+        early: ids admitted by a producer that died before `intake` (no record) and requests
+        cancelled by one that died before giving them back. Only entries older than
+        OPEN_GRACE_MS (an intake follows its admission within one round trip); succeeded and
+        failed ones stay, the worker's `spend` takes them off as it counts their cost.
+        Returns how many were dropped; runs only when `max_pending` refused."""
+        open_key = self.keys.tenant_open(tenant)
+        (old,) = yield Pipeline(
+            [methodcaller("zrangebyscore", open_key, "-inf", now - OPEN_GRACE_MS, 0, HEAL_LIMIT)]
+        )
+        rids = [r.decode() for r in old]
+        if not rids:
+            return 0
+        states = yield Pipeline([methodcaller("hget", self.keys.req(rid), "state") for rid in rids])
+        gone = [rid for rid, st in zip(rids, states, strict=True) if st in (None, CANCELLED_B)]
+        if gone:
+            rows = [commands.SpendRow(rid) for rid in gone]
+            yield Pipeline([commands.spend(self.keys, tenant, "-", rows, 0).queue])
+        return len(gone)
 
     def _claim_keys(
         self, prepared: list[Prepared], keyed: list[int], ids: list[str], numbered: bool

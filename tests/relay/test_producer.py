@@ -21,6 +21,7 @@ from batchrelay import (
     InvalidMetadataError,
     InvalidRequestError,
     MissingModelError,
+    QuotaExceededError,
     RelayUnavailableError,
     RequestNotFoundError,
     RequestTooLargeError,
@@ -31,9 +32,11 @@ from batchrelay import (
     Webhook,
 )
 from batchrelay.config import load_settings
+from batchrelay.config.tenants import Tenant, Tenants, key_digest
 from batchrelay.config.urls import redacted
 from batchrelay.producer import commands
-from batchrelay.producer.keys import Keys, tag_of
+from batchrelay.producer.core import OPEN_GRACE_MS
+from batchrelay.producer.keys import Keys, new_request_id, tag_of
 
 CHAT = "/v1/chat/completions"
 
@@ -421,3 +424,30 @@ def test_every_script_command_has_one_typed_function():
         if inspect.isfunction(fn) and fn.__module__ == commands.__name__ and name in in_script
     }
     assert functions == in_script
+
+
+def test_max_pending_heals_what_crashes_left_in_the_open_set(redis_url):
+    """A producer killed between `admit` and `intake` leaves an id without a record in the
+    tenant's `open` set, a canceller killed before giving its request back leaves a cancelled
+    one: a refused submit drops those (when older than the grace) and is admitted; a real
+    pending request and a young entry still count."""
+    tenants = Tenants.of([Tenant(name="t", key_sha256=[key_digest("k")], max_pending=2)])
+    settings = make_settings(redis_url)
+    client = redis.Redis.from_url(redis_url)
+    keys = Keys(settings.key_prefix)
+    open_key = keys.tenant_open("t")
+    with BatchRelay(settings, tenants=tenants) as producer:
+        cancelled = producer.submit(CHAT, chat("one"), tenant="t")
+        pending = producer.submit(CHAT, chat("two"), tenant="t")
+        commands.run(client, commands.cancel(keys, cancelled, 0, 60_000))  # not given back
+        ghost = new_request_id(tag_of(pending))  # admitted, never stored
+        old = int(time.time() * 1000) - OPEN_GRACE_MS - 1000
+        client.zadd(open_key, {ghost: old, cancelled: old, pending: old})
+        third = producer.submit(CHAT, chat("three"), tenant="t")
+        assert {m.decode() for m in client.zrange(open_key, 0, -1)} == {pending, third}
+        young = new_request_id(tag_of(pending))
+        client.zadd(open_key, {young: int(time.time() * 1000)})
+        with pytest.raises(QuotaExceededError):
+            producer.submit(CHAT, chat("four"), tenant="t")
+        assert {m.decode() for m in client.zrange(open_key, 0, -1)} == {pending, third, young}
+    client.close()
