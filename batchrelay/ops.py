@@ -188,7 +188,7 @@ def batches_list(
         typer.Option(
             "--all",
             help=f"Also the {RECENT_BATCHES} most recently finished batches still on record, "
-            "with their final status (scans Redis' keys).",
+            "with their final status.",
         ),
     ] = False,
 ) -> None:

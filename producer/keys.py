@@ -14,6 +14,8 @@ Request and batch ids embed the tag, so a key can be found from an id alone.
     {p}:{tag}:batch:{bid}       hash   the batch record
     {p}:{tag}:items:{bid}       list   the request ids of a batch, in JSONL line order
     {p}:{tag}:inflight          zset   batch id -> when it next needs attention (ms)
+    {p}:{tag}:finished          zset   batch id -> when it was collected (ms): the group's
+                                       finished batches still on record (`batches list --all`)
     {p}:{tag}:deliver           zset   request id -> when its next delivery attempt is due (ms)
     {p}:{tag}:dead              zset   request id -> when its delivery was given up (ms)
     {p}:{tag}:backoff           string set while the group must not be packed (token limit)
@@ -142,6 +144,9 @@ class Keys:
 
     def inflight(self, tag: str) -> str:
         return f"{self._g(tag)}:inflight"
+
+    def finished(self, tag: str) -> str:
+        return f"{self._g(tag)}:finished"
 
     def deliver(self, tag: str) -> str:
         return f"{self._g(tag)}:deliver"

@@ -108,13 +108,18 @@ class Relay:
     def finish_batch(self, bid: str, **fields: Any) -> None:
         """Mark a batch done (with `fields`), stop scheduling it, and let its record and item
         list expire with the results, in one transaction."""
-        retention_ms = self.settings.result_retention_s * 1000
-        mapping = {"state": DONE, "collected": self.now(), **fields}
+        retention_ms, now = self.settings.result_retention_s * 1000, self.now()
+        mapping = {"state": DONE, "collected": now, **fields}
+        finished = self.keys.finished(tag_of(bid))
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.keys.batch(bid), mapping={k: str(v) for k, v in mapping.items()})
         pipe.zrem(self.keys.inflight(tag_of(bid)), bid)
         pipe.pexpire(self.keys.batch(bid), retention_ms)
         pipe.pexpire(self.keys.items(bid), retention_ms)
+        # The index of finished batches forgets those whose record has expired.
+        pipe.zadd(finished, {bid: now})
+        pipe.zremrangebyscore(finished, "-inf", now - retention_ms)
+        pipe.pexpire(finished, retention_ms)
         pipe.execute()
 
     def set_batch(self, bid: str, **fields: Any) -> None:

@@ -68,18 +68,18 @@ def batch_view(rec: dict[str, str], now: int) -> dict[str, Any]:
 
 def finished_batches(relay: Relay, limit: int) -> list[dict[str, Any]]:
     """The `limit` most recently finished batches still on record (a record is kept
-    `result_retention_s`), newest first, with their final provider status.
-
-    Finished batches have no index, so this scans the keyspace: an operator's occasional
-    look (`batches list --all`), never a worker's path.
-    """
-    pattern = f"{relay.keys.prefix}:{{*}}:batch:*"
-    keys = list(relay.redis.scan_iter(match=pattern, count=1000))
+    `result_retention_s`), newest first, with their final provider status: each group's
+    `finished` index, then those records, in two round trips."""
+    groups = relay.groups()
     pipe = relay.redis.pipeline(transaction=False)
-    for key in keys:
-        pipe.hgetall(key)
+    for group in groups:
+        pipe.zrevrange(relay.keys.finished(group.tag), 0, limit - 1, withscores=True)
+    newest = sorted(
+        ((score, bid.decode()) for part in pipe.execute() for bid, score in part), reverse=True
+    )[:limit]
+    pipe = relay.redis.pipeline(transaction=False)
+    for _, bid in newest:
+        pipe.hgetall(relay.keys.batch(bid))
     records = [{k.decode(): v.decode() for k, v in raw.items()} for raw in pipe.execute()]
-    done = [r for r in records if r.get("state") == DONE and "id" in r]
-    done.sort(key=lambda r: int(r.get("collected") or 0), reverse=True)
     now = relay.now()
-    return [batch_view(r, now) for r in done[:limit]]
+    return [batch_view(r, now) for r in records if r.get("state") == DONE and "id" in r]
