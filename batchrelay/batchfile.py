@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +19,7 @@ import orjson
 
 from batchrelay import InvalidMetadataError, InvalidRequestError
 from batchrelay.config.kinds import ANTHROPIC, MESSAGES_ENDPOINT
-from batchrelay.producer.intake import Intake
+from batchrelay.producer.intake import Intake, Prepared
 
 ANTHROPIC_ENDPOINT = MESSAGES_ENDPOINT
 OPENAI_FIELDS = frozenset({"custom_id", "method", "url", "body"})
@@ -33,7 +33,6 @@ MISTRAL_ENDPOINTS = {
     "input": "/v1/embeddings",
 }
 MAX_PROBLEMS = 20
-MAX_IDEMPOTENCY_KEY = 255
 # A file whose first line is not a JSON line may be one pretty-printed `{"requests": [...]}`
 # document; that form is parsed whole, so only up to Anthropic's own request-body limit.
 MAX_DOCUMENT_BYTES = ANTHROPIC.max_bytes_per_batch
@@ -54,7 +53,7 @@ class LineError(ValueError):
 
 
 def metadata(custom_id: str) -> dict[str, str]:
-    """What each request keeps of its line (checked by `scan`, stored by `submit_file`)."""
+    """What a request keeps of its line: checked by `scan` as `submit()` would check it."""
     return {"custom_id": custom_id}
 
 
@@ -210,9 +209,14 @@ class Plan:
         return len(self.custom_ids)
 
 
-def scan(path: Path, intake: Intake) -> Plan:
+Sink = Callable[[int, Line, Prepared], None]
+
+
+def scan(path: Path, intake: Intake, sink: Sink | None = None) -> Plan:
     """Check the whole file before anything is stored; InputFileError lists the first
-    MAX_PROBLEMS bad lines, each with its line number."""
+    MAX_PROBLEMS bad lines, each with its line number. `sink(index, line, prepared)` sees
+    every good request in input order while no bad one was met (`run` packs batches from it
+    in the same pass; a bad line anywhere still stops everything before it is sent)."""
     hasher = hashlib.sha256()
     problems: list[str] = []
     seen: dict[str, str] = {}
@@ -241,6 +245,8 @@ def scan(path: Path, intake: Intake) -> Plan:
                 break
             continue
         seen[line.custom_id] = where
+        if sink is not None and not problems:
+            sink(len(plan.custom_ids), line, p)
         plan.custom_ids.append(line.custom_id)
         plan.kinds[line.kind] += 1
         plan.groups.setdefault(
@@ -252,12 +258,3 @@ def scan(path: Path, intake: Intake) -> Plan:
         raise InputFileError([f"{path}: holds no requests"])
     plan.fingerprint = hasher.hexdigest()
     return plan
-
-
-def idempotency_key(fingerprint: str, custom_id: str) -> str:
-    """`run:<32 hex of the content hash>:<custom_id>`; a custom_id too long for the 255-char
-    key limit is replaced by its own hash."""
-    key = f"run:{fingerprint[:32]}:{custom_id}"
-    if len(key) > MAX_IDEMPOTENCY_KEY:
-        key = f"run:{fingerprint[:32]}:sha256:{hashlib.sha256(custom_id.encode()).hexdigest()}"
-    return key
