@@ -219,10 +219,11 @@ def _drive(
     adapters = Adapters(settings)
     store = RunStore(settings, client, fp)
     hold_s: float | None = max(settings.profile(p.profile).completion_window_s for p in parts)
+    results: Results | None = None
     try:
         store.release_stale()
         store.start_heartbeat()
-        results = Results(plan.total, folder, plan.fingerprint)
+        results = Results(plan.custom_ids, folder, plan.fingerprint, out)
         drv = Driver(settings, store, adapters, results, parts, file, folder)
         with _progress(console) as progress:
             bars = _Bars(console, progress, plan.total)
@@ -245,8 +246,10 @@ def _drive(
             )
             return None
         hold_s = None  # every batch of the run has ended
-        return results.write(out, plan.custom_ids)
+        return results.write()
     finally:
+        if results is not None:
+            results.close()
         store.stop_heartbeat(hold_s)
         adapters.close()
         client.close()

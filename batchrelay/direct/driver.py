@@ -262,7 +262,7 @@ class Driver:
                             "batch %s: result for unknown custom_id %.80r", part.bid, o.custom_id
                         )
                     elif o.kind == "ok":
-                        self.results.succeeded(index, part.model, o.status_code, o.payload)
+                        self.results.succeeded(index, part.model, o.status_code, o.payload, o.body)
                     elif o.kind == "fail":
                         self.results.failed(index, part.model, o.payload)
                     else:

@@ -91,12 +91,14 @@ class _Open:
         self.part, self.adapter, self.counter = part, adapter, counter
         self.out: IO[bytes] = part.path.open("wb")
         self.pending: list[tuple[str, bytes]] = []
+        self.prefix = part.fp[:16] + "-"
+        self.max_requests = self.max_bytes = 0
 
     def add(self, index: int, p: Prepared) -> None:
         self.part.indices.append(index)
         self.part.size += p.line_bytes
         self.part.tokens += self.counter(p.body_json, p.line_bytes)
-        self.pending.append((line_id(self.part.fp, index), p.body_json))
+        self.pending.append((self.prefix + str(index), p.body_json))  # line_id, inlined
         if len(self.pending) >= WRITE_CHUNK:
             self.flush()
 
@@ -128,14 +130,14 @@ class Packer:
 
     def __call__(self, index: int, line: Line, p: Prepared) -> None:
         current = self._open.get(p.tag)
-        profile = self.settings.profile(p.profile)
         if current is not None and (
-            len(current.part.indices) >= profile.max_requests_per_batch
-            or current.part.size + p.line_bytes > profile.max_bytes_per_batch
+            len(current.part.indices) >= current.max_requests
+            or current.part.size + p.line_bytes > current.max_bytes
         ):
             current.close()
             current = None
         if current is None:
+            profile = self.settings.profile(p.profile)
             number = self._numbers.get(p.tag, 0) + 1
             self._numbers[p.tag] = number
             part = Part(
@@ -152,6 +154,8 @@ class Packer:
             current = self._open[p.tag] = _Open(
                 part, self.adapter_of(p.profile), TokenCounter(profile, p.model)
             )
+            current.max_requests = profile.max_requests_per_batch
+            current.max_bytes = profile.max_bytes_per_batch
         current.add(index, p)
 
     def finish(self) -> list[Part]:

@@ -1,18 +1,18 @@
 """A run's results: spilled to one local file as they are downloaded, written out in input order.
 
-Each final line is appended to the spill file as the tail of its output line; only its offset
-and length are kept per input index (a few bytes per line), so a 200 MB result set is never
-held in memory. `write` then emits one line per input line, in input order, reading the tails
-back from the memory-mapped spill, and renames the output into place.
+A final line that cannot be written yet (a line before it has no result) is appended to the
+spill file as the tail of its output line; only its offset and length are kept per input index
+(a few bytes per line), so a 200 MB result set is never
+held in memory; lines are written to the output as soon as every line before them is.
 """
 
 from __future__ import annotations
 
-import mmap
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -36,30 +36,38 @@ class Summary:
 
 
 class Results:
-    """Final outcomes by input index; the first one recorded for an index wins."""
+    """Final outcomes by input index; the first one recorded for an index wins.
 
-    def __init__(self, total: int, folder: Path, fp: str):
-        self.total, self.fp = total, fp
-        self.path = folder / "results.spill"
-        self._spill = self.path.open("wb")
+    Lines that arrive in input order (the usual case: one batch, answered in order) go
+    straight to the output file; the others wait in the spill until the lines before them
+    are written, so the output needs no second pass when nothing came out of order.
+    """
+
+    def __init__(self, custom_ids: Sequence[str], folder: Path, fp: str, out: Path):
+        self.custom_ids, self.total, self.out = custom_ids, len(custom_ids), out
+        self.prefix = b'{"id":"' + fp[:16].encode() + b"-"
+        self.partial = out.with_name(out.name + ".part")
+        self._out: BinaryIO | None = None
+        self._next = 0  # the first input index not yet in the output
+        self._spill = (folder / "results.spill").open("w+b")
         self._at = 0
-        self.offsets = array("q", [-1]) * total
-        self.lengths = array("l", [0]) * total
+        self.offsets = array("q", [-1]) * self.total
+        self.lengths = array("l", [0]) * self.total
         self.summary = Summary()
 
     def has(self, index: int) -> bool:
         return self.offsets[index] >= 0
 
-    def succeeded(self, index: int, model: str, status_code: int, body: bytes) -> None:
+    def succeeded(self, index: int, model: str, status_code: int, body: bytes, parsed: Any) -> None:
+        """`parsed`: the body as the adapter parsed it (None: parse `body` for its usage)."""
         if self.has(index):
             return
         usage = self._usage(model)
         usage.succeeded += 1
         self.summary.succeeded += 1
-        try:
-            tokens_in, tokens_out = usage_tokens(response_usage(orjson.loads(body)))
-        except orjson.JSONDecodeError:
-            tokens_in = tokens_out = 0
+        if parsed is None:
+            parsed = orjson.loads(body)
+        tokens_in, tokens_out = usage_tokens(response_usage(parsed))
         usage.input_tokens += tokens_in
         usage.output_tokens += tokens_out
         self._put(
@@ -84,44 +92,57 @@ class Results:
         return usage
 
     def _put(self, index: int, tail: bytes) -> None:
-        self._spill.write(tail)
-        self.offsets[index] = self._at
-        self.lengths[index] = len(tail)
-        self._at += len(tail)
+        self.offsets[index] = 0  # taken; where it lies matters only while spilled
+        if index != self._next:
+            self._spill.seek(self._at)
+            self._spill.write(tail)
+            self.offsets[index] = self._at
+            self.lengths[index] = len(tail)
+            self._at += len(tail)
+            return
+        self._emit(index, tail)
+        self._drain()
+
+    def _emit(self, index: int, tail: bytes) -> None:
+        if self._out is None:
+            self._out = self.partial.open("wb")
+        self._out.write(
+            self.prefix
+            + str(index).encode()
+            + b'","custom_id":'
+            + orjson.dumps(self.custom_ids[index])
+            + tail
+        )
+        self._next = index + 1
+
+    def _drain(self) -> None:
+        """Write the spilled lines that are next in input order."""
+        while self._next < self.total and self.lengths[self._next]:
+            i = self._next
+            self._spill.seek(self.offsets[i])
+            self._emit(i, self._spill.read(self.lengths[i]))
+            self.lengths[i] = 0
 
     @property
     def done(self) -> int:
         return self.summary.succeeded + self.summary.failed
 
-    def write(self, out: Path, custom_ids: Sequence[str]) -> Summary:
-        """One line per input line, in input order: `{id, custom_id, status, response,
-        error}` (`id`: the custom_id the provider saw). Written beside OUT and renamed, so OUT
-        is either complete or untouched."""
+    def write(self) -> Summary:
+        """Finish OUT: one line per input line, in input order, `{id, custom_id, status,
+        response, error}` (`id`: the custom_id the provider saw). Written beside OUT and
+        renamed, so OUT is either complete or untouched."""
+        if self._next < self.total:
+            raise AssertionError(f"line {self._next} has no final result")
+        if self._out is None:
+            self._out = self.partial.open("wb")
+        self._out.close()
         self._spill.close()
-        missing = [i for i in range(self.total) if self.offsets[i] < 0]
-        if missing:
-            raise AssertionError(f"{len(missing)} line(s) have no final result")
-        prefix = b'{"id":"' + self.fp[:16].encode() + b"-"
-        partial = out.with_name(out.name + ".part")
-        with self.path.open("rb") as spill, partial.open("wb") as f:
-            view = mmap.mmap(spill.fileno(), 0, access=mmap.ACCESS_READ) if self._at else b""
-            try:
-                buf: list[bytes] = []
-                for i, custom_id in enumerate(custom_ids):
-                    at = self.offsets[i]
-                    buf.append(
-                        prefix
-                        + str(i).encode()
-                        + b'","custom_id":'
-                        + orjson.dumps(custom_id)
-                        + view[at : at + self.lengths[i]]
-                    )
-                    if len(buf) >= 1000:
-                        f.write(b"".join(buf))
-                        buf.clear()
-                f.write(b"".join(buf))
-            finally:
-                if isinstance(view, mmap.mmap):
-                    view.close()
-        partial.replace(out)
+        self.partial.replace(self.out)
         return self.summary
+
+    def close(self) -> None:
+        """Drop a partial output (an interrupted run); OUT is left as it was."""
+        self._spill.close()
+        if self._out is not None and not self._out.closed:
+            self._out.close()
+            self.partial.unlink(missing_ok=True)

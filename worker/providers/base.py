@@ -47,6 +47,9 @@ class Outcome:
     kind: OutcomeKind
     status_code: int
     payload: bytes
+    #: The response body `payload` encodes, for an `ok` line: a reader that needs its usage
+    #: (`batchrelay run`'s cost table) does not parse it again.
+    body: Any = None
 
 
 @dataclass(frozen=True)
