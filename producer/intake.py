@@ -50,9 +50,9 @@ def dumps_compact(value: Any) -> bytes:
     return compact(orjson.dumps(value))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is built per request, and frozen costs ~5 us each
 class Prepared:
-    """A checked request, ready to be stored."""
+    """A checked request, ready to be stored (treat as read-only)."""
 
     tag: str
     profile: str
