@@ -24,7 +24,6 @@ from batchrelay.direct.parts import Part, index_of, write_again
 from batchrelay.direct.results import Results
 from batchrelay.direct.store import RunStore, now_ms
 from batchrelay.producer.intake import Intake
-from batchrelay.worker.collection import GONE, MISSING, NEVER_RAN, TOKEN_LIMIT
 from batchrelay.worker.providers import (
     BatchAdapter,
     Claim,
@@ -33,6 +32,7 @@ from batchrelay.worker.providers import (
     ReconcilePending,
     make_adapter,
 )
+from batchrelay.worker.providers.base import GONE, MISSING, NEVER_RAN, TOKEN_LIMIT
 from batchrelay.worker.providers.http import retry_delay_s
 
 log = logging.getLogger(__name__)

@@ -63,11 +63,13 @@ def test_run_waits_for_a_relay_batch_holding_the_only_slot(
     assert live.redis.hlen(Keys(settings.key_prefix).live("emu")) == 0
 
 
+@pytest.mark.parametrize("by", ["sweep", "next run"])
 def test_a_killed_run_gives_its_slot_back_after_its_lease(
-    live: Live, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    live: Live, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, by: str
 ) -> None:
     """SIGKILL a run whose batch holds the only slot: the reservation outlives the process
-    by one `run_lease_s` (1 s here), then the sweep gives it back."""
+    by one `run_lease_s` (1 s here), then the worker's sweep, or the next `run` of another
+    file (which gets the slot), gives it back."""
     settings = one_slot(monkeypatch, live)
     live.emu.set_timings(validating_delay_s=60.0)
     live_key = Keys(settings.key_prefix).live("emu")
@@ -84,7 +86,14 @@ def test_a_killed_run_gives_its_slot_back_after_its_lease(
     try:
         assert release_stale(relay) == 0  # the run's lease has not run out yet
         time.sleep(1.5)
-        assert release_stale(relay) == 1
+        if by == "sweep":
+            assert release_stale(relay) == 1
+            assert live.redis.hlen(live_key) == 0
+            return
     finally:
         relay.close()
-    assert live.redis.hlen(live_key) == 0
+    live.emu.set_timings(validating_delay_s=0.0)
+    other = write_jsonl(tmp_path / "other.jsonl", [chat_line(i, "gpt-4o") for i in range(20)])
+    result = live.run(str(other))
+    assert result.exit_code == 0, result.output
+    assert len(live.batches()) == 2 and live.redis.hlen(live_key) == 0
