@@ -1,13 +1,14 @@
-"""A run's results: spilled to one local file as they are downloaded, written out in input order.
+"""A run's results, written out in input order as they are downloaded.
 
-A final line that cannot be written yet (a line before it has no result) is appended to the
-spill file as the tail of its output line; only its offset and length are kept per input index
-(a few bytes per line), so a 200 MB result set is never
-held in memory; lines are written to the output as soon as every line before them is.
+A line is written as soon as every line before it is. One that cannot be written yet waits as
+the tail of its output line: in memory up to HOLD_BYTES, then appended to a spill file of which
+only the offset and length are kept per input index (a few bytes per line), so a 200 MB result
+set is never held in memory.
 """
 
 from __future__ import annotations
 
+import os
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,10 @@ class Summary:
     by_model: dict[str, ModelUsage] = field(default_factory=dict)
 
 
+# Early lines wait in memory up to this many bytes, then in the spill file.
+HOLD_BYTES = 32 * 1024 * 1024
+
+
 class Results:
     """Final outcomes by input index; the first one recorded for an index wins.
 
@@ -49,8 +54,10 @@ class Results:
         self.partial = out.with_name(out.name + ".part")
         self._out: BinaryIO | None = None
         self._next = 0  # the first input index not yet in the output
-        self._spill = (folder / "results.spill").open("w+b")
+        self._spill = (folder / "results.spill").open("w+b")  # appended; read by pread
         self._at = 0
+        self._held: dict[int, bytes] = {}  # early lines in memory, up to HOLD_BYTES
+        self._held_bytes = 0
         self.offsets = array("q", [-1]) * self.total
         self.lengths = array("l", [0]) * self.total
         self.summary = Summary()
@@ -92,16 +99,18 @@ class Results:
         return usage
 
     def _put(self, index: int, tail: bytes) -> None:
-        self.offsets[index] = 0  # taken; where it lies matters only while spilled
-        if index != self._next:
-            self._spill.seek(self._at)
+        self.offsets[index] = 0  # taken; where it lies matters only while it waits
+        if index == self._next:
+            self._emit(index, tail)
+            self._drain()
+        elif self._held_bytes + len(tail) <= HOLD_BYTES:
+            self._held[index] = tail
+            self._held_bytes += len(tail)
+        else:
             self._spill.write(tail)
             self.offsets[index] = self._at
             self.lengths[index] = len(tail)
             self._at += len(tail)
-            return
-        self._emit(index, tail)
-        self._drain()
 
     def _emit(self, index: int, tail: bytes) -> None:
         if self._out is None:
@@ -116,12 +125,22 @@ class Results:
         self._next = index + 1
 
     def _drain(self) -> None:
-        """Write the spilled lines that are next in input order."""
-        while self._next < self.total and self.lengths[self._next]:
+        """Write the waiting lines that are next in input order."""
+        flushed = False
+        while self._next < self.total:
             i = self._next
-            self._spill.seek(self.offsets[i])
-            self._emit(i, self._spill.read(self.lengths[i]))
-            self.lengths[i] = 0
+            tail = self._held.pop(i, None)
+            if tail is not None:
+                self._held_bytes -= len(tail)
+            elif self.lengths[i]:
+                if not flushed:
+                    self._spill.flush()
+                    flushed = True
+                tail = os.pread(self._spill.fileno(), self.lengths[i], self.offsets[i])
+                self.lengths[i] = 0
+            else:
+                return
+            self._emit(i, tail)
 
     @property
     def done(self) -> int:
