@@ -71,17 +71,24 @@ class Part:
 
 
 class TokenCounter:
-    """A part's estimated enqueued tokens, as the worker estimates a claimed batch's."""
+    """A part's estimated enqueued tokens, as the worker estimates a claimed batch's: a
+    tokenizer counts each body as it is packed; a characters-per-token ratio applies to the
+    part's bytes once it is complete (`capacity.estimate`)."""
 
     def __init__(self, profile: ProviderProfile, model: str):
         spec = profile.token_estimate(model)
         self.count = tokenizer(spec) if isinstance(spec, str) else None
         self.ratio = 0.0 if isinstance(spec, str) else float(spec)
+        self.counted = 0
 
-    def __call__(self, body_json: bytes, line_bytes: int) -> int:
+    def add(self, body_json: bytes) -> None:
         if self.count is not None:
-            return self.count(body_json.decode())
-        return math.ceil(line_bytes / self.ratio) + 1
+            self.counted += self.count(body_json.decode())
+
+    def total(self, part: Part) -> int:
+        if self.count is not None:
+            return self.counted
+        return math.ceil(part.size / self.ratio) + len(part.indices)
 
 
 class _Open:
@@ -97,7 +104,7 @@ class _Open:
     def add(self, index: int, p: Prepared) -> None:
         self.part.indices.append(index)
         self.part.size += p.line_bytes
-        self.part.tokens += self.counter(p.body_json, p.line_bytes)
+        self.counter.add(p.body_json)
         self.pending.append((self.prefix + str(index), p.body_json))  # line_id, inlined
         if len(self.pending) >= WRITE_CHUNK:
             self.flush()
@@ -110,6 +117,7 @@ class _Open:
     def close(self) -> None:
         self.flush()
         self.out.close()
+        self.part.tokens = self.counter.total(self.part)
 
 
 class Packer:
@@ -211,7 +219,8 @@ def write_again(
             p = intake.prepare(line.endpoint, line.body, metadata={"custom_id": line.custom_id})
             again.indices.append(index)
             again.size += p.line_bytes
-            again.tokens += counter(p.body_json, p.line_bytes)
+            counter.add(p.body_json)
             items.append((line_id(part.fp, index), p.body_json))
         adapter.write_input(out, part.endpoint, items)
+    again.tokens = counter.total(again)
     return again
