@@ -12,6 +12,7 @@ included), in direct file mode: no worker or beat runs (target <= 1.5 x the base
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -85,6 +86,7 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}/v1"
     with tempfile.TemporaryDirectory() as tmp, private_redis() as redis_server:
         emu = start_emulator_process(port, tmp)
+        ratios: list[float] = []
         try:
             for round_ in range(1, ROUNDS + 1):
                 sdk_path, ours_path = Path(tmp) / "sdk.jsonl", Path(tmp) / f"run{round_}.jsonl"
@@ -92,6 +94,7 @@ def main() -> None:
                 write_file(ours_path, round_)
                 sdk_s = sdk_flow(base, sdk_path)
                 ours_s = relay_flow(redis_server.url, base, ours_path)
+                ratios.append(ours_s / sdk_s)
                 print(
                     f"batchrelay run of {N:,} chat lines: {ours_s:.2f} s; openai SDK upload -> "
                     f"create -> poll -> download -> parse {sdk_s:.2f} s; ratio "
@@ -100,6 +103,9 @@ def main() -> None:
         finally:
             emu.terminate()
             emu.wait(10)
+    if len(ratios) > 1:
+        median = statistics.median(ratios)
+        print(f"median ratio of {len(ratios)} rounds: {median:.2f} (target <= 1.5)")
 
 
 if __name__ == "__main__":
