@@ -102,7 +102,8 @@ class Results:
         self.offsets[index] = 0  # taken; where it lies matters only while it waits
         if index == self._next:
             self._emit(index, tail)
-            self._drain()
+            if self._held or self._at:  # something may be waiting for this line
+                self._drain()
         elif self._held_bytes + len(tail) <= HOLD_BYTES:
             self._held[index] = tail
             self._held_bytes += len(tail)
