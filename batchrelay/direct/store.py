@@ -83,7 +83,10 @@ class RunStore:
     def update(self, part: Part, rec: dict[str, Any], **fields: Any) -> None:
         """Write a part's record (only its lock holder does)."""
         rec.update(fields)
-        self.redis.hset(self.keys.run(self.fp), part.id, orjson.dumps(rec))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.keys.run(self.fp), part.id, orjson.dumps(rec))
+        pipe.expire(self.keys.run(self.fp), self.settings.result_retention_s)
+        pipe.execute()
 
     def created(self, part: Part, rec: dict[str, Any], provider_id: str) -> None:
         """Name the provider batch: in the profile's registry first (a crash after it leaves

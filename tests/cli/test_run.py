@@ -3,6 +3,7 @@ real `batchrelay run` process), real Redis and the emulator over HTTP, no worker
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 
 from batchrelay import run as run_module
 from batchrelay.config.prices import DEFAULT_PRICES
+from batchrelay.producer.keys import Keys
 from batchrelay.worker.providers.openai_compat import OpenAIAdapter
 from tests._stack import ROOT
 from tests.cli.conftest import (
@@ -144,6 +146,15 @@ def test_no_wait_then_run_collects_without_resubmitting(
     )
     assert len(live.batches()) == 1
     assert not (tmp_path / "later.results.jsonl").exists()
+    # The run's record lives for the result retention; its batches keep their profile slot
+    # for the completion window (24 h), since they still run at the provider.
+    keys = Keys(live.settings.key_prefix)
+    fp = hashlib.sha256(src.read_bytes()).hexdigest()[:32]
+    assert 0 < live.redis.ttl(keys.run(fp)) <= live.settings.result_retention_s
+    assert 86_000 < live.redis.ttl(keys.run_alive(fp)) <= 86_400
+    assert [b.decode() for b in live.redis.hkeys(keys.live("emu"))] == [
+        f"run_{fp}_{b.decode()}" for b in live.redis.hkeys(keys.run(fp))
+    ]
 
     result = live.run(str(src), "--no-wait")
     assert "(0 created now, 1 already at the provider)" in result.output
