@@ -94,7 +94,9 @@ class Results:
         self._put(index, b',"status":"failed","response":null,"error":' + error + b"}\n")
 
     def _usage(self, model: str) -> ModelUsage:
-        usage = self.summary.by_model.setdefault(model, ModelUsage())
+        usage = self.summary.by_model.get(model)
+        if usage is None:
+            usage = self.summary.by_model[model] = ModelUsage()
         usage.requests += 1
         return usage
 
