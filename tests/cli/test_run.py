@@ -249,6 +249,32 @@ def test_lines_of_an_expired_batch_are_sent_again(live: Live, tmp_path: Path) ->
     assert "400 succeeded, 0 failed" in result.output
 
 
+def test_lines_of_a_batch_that_failed_as_a_whole_are_sent_again(live: Live, tmp_path: Path) -> None:
+    """The provider fails the first batch's validation for enqueued tokens (no line at fault):
+    every line goes again in a second batch."""
+    live.emu.set_faults(fail_validation_next=1, fail_validation_code="token_limit_exceeded")
+    n = 100
+    src = write_jsonl(tmp_path / "refused.jsonl", [chat_line(i) for i in range(n)])
+    result = live.run(str(src))
+    assert result.exit_code == 0, result.output
+    check_outputs(read_jsonl(tmp_path / "refused.results.jsonl"), n)
+    first, again = live.batches()
+    assert first.failed_at is not None and again.failed_at is None and again.total == n
+
+
+def test_lines_with_a_retryable_error_are_sent_again(live: Live, tmp_path: Path) -> None:
+    """A 500 on a line is retryable: those lines go in a later batch until they succeed (the
+    emulator fails a line by a hash of its batch and custom_id, so a new batch draws anew)."""
+    live.emu.set_faults(request_error_fraction=0.1, request_error_status=500)
+    n = 100
+    src = write_jsonl(tmp_path / "flaky.jsonl", [chat_line(i) for i in range(n)])
+    result = live.run(str(src))
+    assert result.exit_code == 0, result.output
+    check_outputs(read_jsonl(tmp_path / "flaky.results.jsonl"), n)
+    first, *later = live.batches()
+    assert first.total == n and later and sum(b.total for b in later) < n
+
+
 def test_lines_are_sent_at_most_max_attempts_times(
     live: Live, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
