@@ -260,9 +260,8 @@ def scan(path: Path, intake: Intake, sink: Sink | None = None) -> Plan:
             sink(len(plan.custom_ids), line, p)
         plan.custom_ids.append(line.custom_id)
         plan.kinds[line.kind] += 1
-        plan.groups.setdefault(
-            p.tag, {"profile": p.profile, "endpoint": p.endpoint, "model": p.model}
-        )
+        if p.tag not in plan.groups:
+            plan.groups[p.tag] = {"profile": p.profile, "endpoint": p.endpoint, "model": p.model}
     if problems:
         raise InputFileError(problems)
     if not plan.custom_ids:
