@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -180,20 +182,29 @@ class _Bars:
             )
 
 
-def _checked(console: Console, file: Path, settings: Settings, folder: Path) -> tuple[Plan, list]:
-    """Scan the file, packing its parts into `folder` in the same pass."""
+@contextmanager
+def _adapters(settings: Settings) -> Iterator[driver.Adapters]:
+    """One adapter per profile for packing and sending (an HTTP client each)."""
     from batchrelay.direct.driver import Adapters
+
+    adapters = Adapters(settings)
+    try:
+        yield adapters
+    finally:
+        adapters.close()
+
+
+def _checked(
+    console: Console, file: Path, settings: Settings, folder: Path, adapters: driver.Adapters
+) -> tuple[Plan, list]:
+    """Scan the file, packing its parts into `folder` in the same pass."""
     from batchrelay.direct.parts import Packer, file_fingerprint
 
     fp = file_fingerprint(file)
-    adapters = Adapters(settings)
-    try:
-        packer = Packer(settings, fp, folder, adapters)
-        with console.status(f"checking {file}"):
-            plan = scan(file, Intake(settings), packer)
-        parts = packer.finish()
-    finally:
-        adapters.close()
+    packer = Packer(settings, fp, folder, adapters)
+    with console.status(f"checking {file}"):
+        plan = scan(file, Intake(settings), packer)
+    parts = packer.finish()
     if plan.fingerprint != fp:
         raise InputFileError([f"{file}: the file changed while it was read; run it again"])
     return plan, parts
@@ -208,15 +219,15 @@ def _drive(
     folder: Path,
     out: Path,
     no_wait: bool,
+    adapters: driver.Adapters,
 ) -> Summary | None:
     """Submit (and unless `no_wait`, wait for and write) the results; None with `no_wait`."""
-    from batchrelay.direct.driver import Adapters, Driver
+    from batchrelay.direct.driver import Driver
     from batchrelay.direct.results import Results
     from batchrelay.direct.store import RunStore
 
     fp = plan.fingerprint[:32]
     client = connect(settings)
-    adapters = Adapters(settings)
     store = RunStore(settings, client, fp)
     hold_s: float | None = max(settings.profile(p.profile).completion_window_s for p in parts)
     results: Results | None = None
@@ -251,7 +262,6 @@ def _drive(
         if results is not None:
             results.close()
         store.stop_heartbeat(hold_s)
-        adapters.close()
         client.close()
 
 
@@ -283,15 +293,20 @@ def run(
     settings, prices = _setup(console)
     out = output or default_output(file)
     try:
-        with tempfile.TemporaryDirectory(prefix="batchrelay-run-", dir=settings.spool_dir) as tmp:
-            plan, parts = _checked(console, file, settings, Path(tmp))
+        with (
+            tempfile.TemporaryDirectory(prefix="batchrelay-run-", dir=settings.spool_dir) as tmp,
+            _adapters(settings) as adapters,
+        ):
+            plan, parts = _checked(console, file, settings, Path(tmp), adapters)
             kinds = ", ".join(f"{n:,} {k}" for k, n in sorted(plan.kinds.items()))
             console.print(
                 f"{file}: {plural(plan.total, 'request')} ({kinds}), "
                 f"fingerprint {plan.fingerprint[:12]}",
                 markup=False,
             )
-            summary = _drive(console, settings, file, plan, parts, Path(tmp), out, no_wait)
+            summary = _drive(
+                console, settings, file, plan, parts, Path(tmp), out, no_wait, adapters
+            )
     except InputFileError as exc:
         console.print(f"{file} cannot be run:", style="red", markup=False, highlight=False)
         for problem in exc.problems:
