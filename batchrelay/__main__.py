@@ -1,3 +1,3 @@
-from batchrelay.cli import main
+from batchrelay.entry import main
 
 main()

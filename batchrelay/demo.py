@@ -141,9 +141,9 @@ def run_demo(
         assert stack.emulator is not None
         stats = stack.emulator.stats()
         console.print(
-            f"The relay packed the requests into {stats['batches_created']['total']} provider "
-            f"batches (one per endpoint and model), uploaded {stats['files_uploaded']} files "
-            f"and made {stats['api_requests']} Batch API calls."
+            f"`batchrelay run` packed the requests into {stats['batches_created']['total']} "
+            f"provider batches (one per endpoint and model), uploaded "
+            f"{stats['files_uploaded']} files and made {stats['api_requests']} Batch API calls."
         )
         console.print(
             "The emulator answers with an echo of the prompt; a provider profile with a real "

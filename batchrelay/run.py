@@ -1,170 +1,57 @@
 """`batchrelay run FILE`: a whole OpenAI, Anthropic, Mistral or Gemini batch input file through
-the relay.
+the relay's providers in direct file mode (docs/cli.md).
 
-The steps are plain functions so they can be tested without a terminal; they use only the
-producer's public API (no Redis key is read here):
+The file is already whole, so `run` does what a provider's SDK would, with the relay's
+configuration and safety (batchrelay/direct/):
 
-1. `batchfile.scan` checks every line and fingerprints the file; nothing is submitted if any
-   line is bad.
-2. `submit_file` streams it again and stores it in chunks with `submit_many`, each request
-   keyed `run:<fingerprint>:<custom_id>`. The fingerprint is the SHA-256 of the content, so
-   the same file (wherever it lies, whatever it is called) maps to the same keys on every
-   run: a re-run after an interruption, or after `--no-wait`, finds every line already
-   stored and submits nothing twice; an edited file is a new file.
-3. `BatchRelay.wait` follows the requests to a final state on the relay's pub/sub channels,
-   re-reading (pipelined) only the states of the requests still open, for the progress bars.
-4. `write_results` writes one output line per input line, in input order, from
-   `BatchRelay.results` (kept for `result_retention_s`), and sums the token usage per model.
+1. `batchfile.scan` checks every line and, in the same pass, `Packer` writes the lines into
+   provider-legal parts (per profile, endpoint and model; by count and bytes) in a spool
+   folder. Nothing is sent if any line is bad.
+2. `Driver` creates each part's provider batch through the worker's adapters, at most once
+   whoever runs the file (a resumed, concurrent or `--no-wait` run finds it in the run's
+   record in Redis, or at the provider), holding the profile's capacity as relay batches do;
+   polls; downloads results into a local spill file; and sends unanswered lines again.
+3. `Results.write` writes one output line per input line, in input order.
 
-`run` starts no workers: a relay (worker + beat) must be running for requests to move.
+No worker needs to run, and no request record is stored in Redis.
 """
 
 from __future__ import annotations
 
-import hashlib
+import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import orjson
+import redis
 import typer
 from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from batchrelay import BatchRelay, RelayUnavailableError, StateCounts, SubmitItem
-from batchrelay.batchfile import (
-    InputFileError,
-    LineError,
-    Plan,
-    entries,
-    idempotency_key,
-    metadata,
-    parse_entry,
-    scan,
-)
+from batchrelay.batchfile import InputFileError, Plan, scan
 from batchrelay.config import ConfigurationError, Settings, load_settings
-from batchrelay.config.prices import PriceTable, load_prices, usage_tokens
+from batchrelay.config.prices import PriceTable, load_prices
+from batchrelay.direct.results import ModelUsage, Summary
 from batchrelay.formatting import plural
+from batchrelay.producer.connection import connect
+from batchrelay.producer.core import unavailable
 from batchrelay.producer.intake import Intake
-from batchrelay.producer.keys import tag_of
-from batchrelay.producer.records import FAILED, SUCCEEDED
 
-CHUNK = 1000
+if TYPE_CHECKING:
+    from batchrelay.direct import driver
+
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_CONFIG = 78
 EXIT_INTERRUPTED = 130
+# A plain line of counts this often when the console is not a terminal (a CI log).
+LOG_EVERY_S = 30.0
 
-
-def submit_file(
-    producer: BatchRelay, plan: Plan, on_chunk: Callable[[int, int], None] | None = None
-) -> list[str]:
-    """Store every line (idempotently) and return the request ids in input order;
-    `on_chunk(submitted, new)` after each chunk, `new` counting requests not stored before."""
-    hasher = hashlib.sha256()
-    ids: list[str] = []
-    chunk: list[SubmitItem] = []
-
-    def flush() -> None:
-        stored = producer.submit_many(chunk)
-        ids.extend(stored)
-        if on_chunk is not None:
-            on_chunk(len(chunk), stored.new)
-        chunk.clear()
-
-    for where, obj in entries(plan.path, hasher):
-        try:
-            line = parse_entry(where, obj)
-        except LineError as exc:
-            raise InputFileError(
-                [f"{where}: {exc} (the file changed after it was checked)"]
-            ) from None
-        chunk.append(
-            SubmitItem(
-                endpoint=line.endpoint,
-                body=line.body,
-                idempotency_key=idempotency_key(plan.fingerprint, line.custom_id),
-                metadata=metadata(line.custom_id),
-            )
-        )
-        if len(chunk) >= CHUNK:
-            flush()
-    if chunk:
-        flush()
-    if hasher.hexdigest() != plan.fingerprint or len(ids) != plan.total:
-        raise InputFileError(
-            [f"{plan.path}: the file changed while it was submitted; run it again"]
-        )
-    return ids
-
-
-@dataclass
-class ModelUsage:
-    requests: int = 0
-    succeeded: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-
-
-@dataclass
-class Summary:
-    succeeded: int = 0
-    failed: int = 0
-    by_model: dict[str, ModelUsage] = field(default_factory=dict)
-
-
-RECORD_GONE = {
-    "code": "result_expired",
-    "message": "the request record is gone (older than result_retention_s); run the file again "
-    "under a new name or after editing it to submit it again",
-    "status_code": None,
-    "body": None,
-}
-
-
-def write_results(producer: BatchRelay, plan: Plan, ids: Sequence[str], out: Path) -> Summary:
-    """One line per input line, in input order: `{id, custom_id, status, response, error}`
-    with `response` = `{status_code, body}` as in OpenAI's batch output. Written to a side
-    file and renamed, so OUT is either complete or untouched."""
-    summary = Summary()
-    partial = out.with_name(out.name + ".part")
-    with partial.open("wb") as f:
-        for start in range(0, len(ids), CHUNK):
-            part = ids[start : start + CHUNK]
-            payloads = producer.results(part)
-            custom_ids = plan.custom_ids[start : start + CHUNK]
-            for custom_id, rid, payload in zip(custom_ids, part, payloads, strict=True):
-                meta = plan.groups[tag_of(rid)]
-                usage = summary.by_model.setdefault(meta["model"], ModelUsage())
-                usage.requests += 1
-                line = payload or {
-                    "id": rid,
-                    "status": FAILED,
-                    "response": None,
-                    "error": RECORD_GONE,
-                }
-                if line["status"] == SUCCEEDED:
-                    summary.succeeded += 1
-                    usage.succeeded += 1
-                    tokens_in, tokens_out = usage_tokens(line.get("usage"))
-                    usage.input_tokens += tokens_in
-                    usage.output_tokens += tokens_out
-                else:
-                    summary.failed += 1
-                record = {
-                    "id": rid,
-                    "custom_id": custom_id,
-                    "status": line["status"],
-                    "response": line["response"],
-                    "error": line["error"],
-                }
-                f.write(orjson.dumps(record) + b"\n")
-    partial.replace(out)
-    return summary
+__all__ = ["ModelUsage", "Summary", "cost_table", "count", "run", "usd"]
 
 
 def cost_table(summary: Summary, prices: PriceTable) -> tuple[Table, list[str]]:
@@ -265,48 +152,117 @@ def _progress(console: Console) -> Progress:
     )
 
 
-@dataclass
-class _Submitted:
-    lines: int = 0
-    new: int = 0
+class _Bars:
+    """The progress bars (lines submitted, then queued / in a batch / done / failed), or a
+    plain line of counts every LOG_EVERY_S when the console is not a terminal."""
 
-
-def _submit_and_wait(
-    console: Console, producer: BatchRelay, plan: Plan, no_wait: bool, done: _Submitted
-) -> list[str] | None:
-    """Submission and waiting behind live progress bars; None with `no_wait`. A console that
-    is not a terminal (a CI log) gets a plain line of counts every 30 s instead."""
-    with _progress(console) as progress:
-        bar = progress.add_task("submitted", total=plan.total)
-
-        def chunk_done(n: int, fresh: int) -> None:
-            done.lines += n
-            done.new += fresh
-            progress.update(bar, completed=done.lines)
-
-        ids = submit_file(producer, plan, chunk_done)
-        if no_wait:
-            return None
-        bars = [
-            progress.add_task(name, total=plan.total)
+    def __init__(self, console: Console, progress: Progress, total: int):
+        self.console, self.progress = console, progress
+        self.submitted = progress.add_task("submitted", total=total)
+        self.states = [
+            progress.add_task(name, total=total)
             for name in ("queued", "in a batch", "done", "failed")
         ]
-        last_line = time.monotonic()
+        self.last_line = time.monotonic()
+        self.seen: driver.Progress | None = None
 
-        def show(c: StateCounts) -> None:
-            nonlocal last_line
-            failed = c.failed + c.cancelled + c.missing  # a record gone: its result is lost
-            for task, value in zip(bars, (c.pending, c.in_batch, c.succeeded, failed), strict=True):
-                progress.update(task, completed=value)
-            if not console.is_terminal and time.monotonic() - last_line >= 30:
-                last_line = time.monotonic()
-                console.print(
-                    f"queued {c.pending:,}  in a batch {c.in_batch:,}  done {c.succeeded:,}  "
-                    f"failed {failed:,}"
+    def __call__(self, p: driver.Progress) -> None:
+        self.seen = p
+        self.progress.update(self.submitted, completed=p.submitted)
+        values = (p.queued, p.in_batch, p.done, p.failed)
+        for task, value in zip(self.states, values, strict=True):
+            self.progress.update(task, completed=value)
+        if not self.console.is_terminal and time.monotonic() - self.last_line >= LOG_EVERY_S:
+            self.last_line = time.monotonic()
+            waiting = f"  ({p.waiting})" if p.waiting else ""
+            self.console.print(
+                f"queued {p.queued:,}  in a batch {p.in_batch:,}  done {p.done:,}  "
+                f"failed {p.failed:,}{waiting}",
+                markup=False,
+            )
+
+
+@contextmanager
+def _adapters(settings: Settings) -> Iterator[driver.Adapters]:
+    """One adapter per profile for packing and sending (an HTTP client each)."""
+    from batchrelay.direct.driver import Adapters
+
+    adapters = Adapters(settings)
+    try:
+        yield adapters
+    finally:
+        adapters.close()
+
+
+def _checked(
+    console: Console, file: Path, settings: Settings, folder: Path, adapters: driver.Adapters
+) -> tuple[Plan, list]:
+    """Scan the file, packing its parts into `folder` in the same pass."""
+    from batchrelay.direct.parts import Packer, file_fingerprint
+
+    fp = file_fingerprint(file)
+    packer = Packer(settings, fp, folder, adapters)
+    with console.status(f"checking {file}"):
+        plan = scan(file, Intake(settings), packer)
+    parts = packer.finish()
+    if plan.fingerprint != fp:
+        raise InputFileError([f"{file}: the file changed while it was read; run it again"])
+    return plan, parts
+
+
+def _drive(
+    console: Console,
+    settings: Settings,
+    file: Path,
+    plan: Plan,
+    parts: list,
+    folder: Path,
+    out: Path,
+    no_wait: bool,
+    adapters: driver.Adapters,
+) -> Summary | None:
+    """Submit (and unless `no_wait`, wait for and write) the results; None with `no_wait`."""
+    from batchrelay.direct.driver import Driver
+    from batchrelay.direct.results import Results
+    from batchrelay.direct.store import RunStore
+
+    fp = plan.fingerprint[:32]
+    client = connect(settings)
+    store = RunStore(settings, client, fp)
+    hold_s: float | None = max(settings.profile(p.profile).completion_window_s for p in parts)
+    results: Results | None = None
+    try:
+        store.release_stale()
+        store.start_heartbeat()
+        results = Results(plan.custom_ids, folder, plan.fingerprint, out)
+        drv = Driver(settings, store, adapters, results, parts, file, folder)
+        with _progress(console) as progress:
+            bars = _Bars(console, progress, plan.total)
+            try:
+                drv.run(wait=not no_wait, show=bars)
+            except KeyboardInterrupt:
+                bars.console.print(
+                    f"[yellow]interrupted[/yellow] ({plural(drv.progress.submitted, 'request')} "
+                    "submitted so far); run the same command again to resume: nothing is "
+                    "submitted twice"
                 )
-
-        producer.wait(ids, progress=show)
-        return ids
+                raise
+        p = drv.progress
+        if no_wait:
+            console.print(
+                f"submitted {plural(plan.total, 'request')} in {plural(len(parts), 'batch')} "
+                f"({p.created:,} created now, {p.adopted:,} already at the provider); run "
+                f"`batchrelay run {file}` again to collect the results",
+                markup=False,
+            )
+            return None
+        hold_s = None  # every batch of the run has ended
+        return results.write()
+    finally:
+        if results is not None:
+            results.close()
+        store.stop_heartbeat(hold_s)
+        client.close()
 
 
 def run(
@@ -321,55 +277,56 @@ def run(
         typer.Option("-o", "--output", help="Results file (default: FILE.results.jsonl)."),
     ] = None,
     no_wait: Annotated[
-        bool, typer.Option("--no-wait", help="Submit and return; a later `run` collects.")
+        bool,
+        typer.Option("--no-wait", help="Submit and return; a later `run` collects."),
     ] = False,
 ) -> None:
-    """Run a batch input file through the relay and write its results in input order.
+    """Run a batch input file through the relay's providers and write its results in input
+    order.
 
-    Re-running the same file resumes: lines already submitted are not submitted again.
-    Exit code 1 if any request failed, 2 if the file is invalid.
+    Re-running the same file resumes: no batch is created twice. Exit code 1 if any request
+    failed, 2 if the file is invalid.
     """
+    from batchrelay.worker.providers import ProviderError
+
     console = Console()
     settings, prices = _setup(console)
     out = output or default_output(file)
-    producer = BatchRelay(settings)
-    submitted = _Submitted()
     try:
-        with console.status(f"checking {file}"):
-            plan = scan(file, Intake(settings))
-        kinds = ", ".join(f"{n:,} {k}" for k, n in sorted(plan.kinds.items()))
-        console.print(
-            f"{file}: {plural(plan.total, 'request')} ({kinds}), "
-            f"fingerprint {plan.fingerprint[:12]}",
-            markup=False,
-        )
-        ids = _submit_and_wait(console, producer, plan, no_wait, submitted)
-        if ids is None:
+        with (
+            tempfile.TemporaryDirectory(prefix="batchrelay-run-", dir=settings.spool_dir) as tmp,
+            _adapters(settings) as adapters,
+        ):
+            plan, parts = _checked(console, file, settings, Path(tmp), adapters)
+            kinds = ", ".join(f"{n:,} {k}" for k, n in sorted(plan.kinds.items()))
             console.print(
-                f"submitted {plural(plan.total, 'request')} ({submitted.new:,} new, "
-                f"{plan.total - submitted.new:,} already in the relay); run "
-                f"`batchrelay run {file}` again to collect the results",
+                f"{file}: {plural(plan.total, 'request')} ({kinds}), "
+                f"fingerprint {plan.fingerprint[:12]}",
                 markup=False,
             )
-            return
-        summary = write_results(producer, plan, ids, out)
+            summary = _drive(
+                console, settings, file, plan, parts, Path(tmp), out, no_wait, adapters
+            )
     except InputFileError as exc:
         console.print(f"{file} cannot be run:", style="red", markup=False, highlight=False)
         for problem in exc.problems:
             console.print(f"  {problem}", markup=False, highlight=False)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     except KeyboardInterrupt:
-        console.print(
-            f"[yellow]interrupted[/yellow] ({plural(submitted.lines, 'request')} submitted "
-            "so far); "
-            "run the same command again to resume: nothing is submitted twice"
-        )
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    except RelayUnavailableError as exc:
-        console.print(str(exc), style="red", markup=False, highlight=False)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        console.print(str(unavailable(settings, exc)), style="red", markup=False, highlight=False)
         raise typer.Exit(EXIT_FAILED) from None
-    finally:
-        producer.close()
+    except ProviderError as exc:
+        console.print(
+            f"the provider refused a call: {exc}; run the same command again to resume",
+            style="red",
+            markup=False,
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_FAILED) from None
+    if summary is None:
+        return
     table, unpriced = cost_table(summary, prices)
     console.print(table)
     if unpriced:

@@ -150,15 +150,20 @@ def usage_tokens(usage: Any) -> tuple[int, int]:
     embeddings `prompt_tokens` only. Prompt-cache token counts are not priced."""
     if not isinstance(usage, dict):
         return 0, 0
+    return _first(usage, INPUT_NAMES), _first(usage, OUTPUT_NAMES)
 
-    def first(*names: str) -> int:
-        for name in names:
-            value = usage.get(name)
-            if isinstance(value, int) and not isinstance(value, bool):
-                return value
-        return 0
 
-    return first("prompt_tokens", "input_tokens"), first("completion_tokens", "output_tokens")
+INPUT_NAMES = ("prompt_tokens", "input_tokens")
+OUTPUT_NAMES = ("completion_tokens", "output_tokens")
+
+
+def _first(usage: dict[str, Any], names: tuple[str, ...]) -> int:
+    """The first of `names` holding an integer (a JSON number, not true/false)."""
+    for name in names:
+        value = usage.get(name)
+        if type(value) is int:  # called per result line: cheaper than isinstance, bool excluded
+            return value
+    return 0
 
 
 _GLOB = re.compile(r"[*?\[]")

@@ -349,6 +349,9 @@ class Settings(BaseSettings):
     poll_max_interval_s: PositiveFloat = 300.0
     stuck_after_s: PositiveFloat = 3600.0
     lease_s: PositiveFloat = 300.0
+    # How long a `batchrelay run` that stopped answering (killed) keeps its locks and its
+    # profile reservations; a live run refreshes them every third of it.
+    run_lease_s: PositiveFloat = 60.0
     token_limit_backoff_s: PositiveFloat = 300.0
     max_attempts: PositiveInt = 5
     http_max_retries: Annotated[int, Field(ge=0)] = 5

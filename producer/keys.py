@@ -29,6 +29,17 @@ Request and batch ids embed the tag, so a key can be found from an id alone.
                                        requests just made final, in the group's slot
     {p}:idem:{sha256(key)}      string "rid fingerprint" of an idempotency key (see `idem`)
 
+`batchrelay run` in direct file mode (batchrelay/direct/) keeps a small record per input file,
+named by the first 32 hex digits of the file's SHA-256 (`fp`); its provider batches are
+`run_<fp>_<part>` (see `run_batch_id`), which hold profile slots and tokens like the relay's:
+
+    {p}:run:{fp}                hash   part id -> JSON {profile, create_started, file_id,
+                                       pbatch}: what was created at the provider for each part
+    {p}:run:{fp}:lock:{part}    string the lock of the process creating one part (redis-py Lock)
+    {p}:run:{fp}:alive          string refreshed while a `run` of the file is live (or, after
+                                       --no-wait, while its batches may still run); once it
+                                       expires the sweep gives back the run's reservations
+
 Counters the workers keep for the metrics exporter (see batchrelay/metrics_store.py):
 
     {p}:metrics:counters        hash   JSON [name, label values...] -> count
@@ -102,6 +113,18 @@ def tag_of(any_id: str) -> str:
     return parts[1]
 
 
+def run_batch_id(fp: str, part: str) -> str:
+    """`run_<fp>_<part>`: a `batchrelay run` part's batch id (fp: 32 hex digits of the file's
+    SHA-256; part: `<group tag>-<n>-<attempt>`)."""
+    return f"run_{fp}_{part}"
+
+
+def run_fingerprint_of(bid: str) -> str | None:
+    """The file fingerprint inside a `run_` batch id, or None for a relay batch id."""
+    parts = bid.split("_")
+    return parts[1] if len(parts) == 3 and parts[0] == "run" else None
+
+
 def fingerprint(endpoint: str, body: bytes, callback: bytes, metadata: bytes) -> str:
     """An idempotency key's binding (see `idem` in relay.lua): a hash of every field."""
     digest = hashlib.sha256(endpoint.encode())
@@ -168,6 +191,15 @@ class Keys:
 
     def bill(self, tag: str) -> str:
         return f"{self._g(tag)}:bill"
+
+    def run(self, fp: str) -> str:
+        return f"{self.prefix}:run:{fp}"
+
+    def run_lock(self, fp: str, part: str) -> str:
+        return f"{self.run(fp)}:lock:{part}"
+
+    def run_alive(self, fp: str) -> str:
+        return f"{self.run(fp)}:alive"
 
     def _t(self, tenant: str) -> str:
         return f"{self.prefix}:{{t:{tenant}}}"

@@ -19,28 +19,10 @@ from batchrelay.worker import capacity
 from batchrelay.worker.context import COLLECTING, DONE, SUBMITTED, Relay
 from batchrelay.worker.packing import iter_item_ids
 from batchrelay.worker.providers import ProviderBatch, ProviderError
+from batchrelay.worker.providers.base import GONE, MISSING, NEVER_RAN, TOKEN_LIMIT
 from batchrelay.worker.settling import Row, settle_all
 
 log = logging.getLogger(__name__)
-
-MISSING = orjson.dumps(
-    {
-        "code": "missing_result",
-        "message": "the provider returned no result for this request",
-        "status_code": None,
-        "body": None,
-    }
-)
-# A batch that ended early names why its unrun requests have no result (Gemini writes none).
-NEVER_RAN = {
-    status: orjson.dumps({"code": code, "message": message, "status_code": None, "body": None})
-    for status, code, message in (
-        ("expired", "batch_expired", "the batch expired before this request ran"),
-        ("cancelled", "batch_cancelled", "the batch was cancelled before this request ran"),
-    )
-}
-TOKEN_LIMIT = "token_limit_exceeded"
-GONE = frozenset({404, 410})
 
 
 def collect_batch(relay: Relay, bid: str) -> Counter[str]:

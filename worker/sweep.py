@@ -15,6 +15,7 @@ from collections.abc import Iterable
 import orjson
 
 from batchrelay.producer import commands
+from batchrelay.producer.keys import run_fingerprint_of
 from batchrelay.worker import capacity
 from batchrelay.worker.context import CLAIMED, COLLECTING, DONE, RETIRED, SUBMITTED, UPLOADED, Relay
 
@@ -72,6 +73,11 @@ def release_stale(relay: Relay) -> int:
     released = 0
     for profile in relay.settings.providers:
         for bid, model in capacity.reserved(relay, profile.name).items():
+            fp = run_fingerprint_of(bid)
+            if fp is not None:  # a `batchrelay run` part: held while that run is alive
+                if not relay.redis.exists(relay.keys.run_alive(fp)):
+                    released += capacity.release(relay, profile.name, model, bid)
+                continue
             rec = relay.batch(bid)
             if rec and rec.get("state") != DONE and rec.get("profile") == profile.name:
                 continue
@@ -93,7 +99,9 @@ def prune_registry(relay: Relay) -> int:
     for profile in relay.settings.providers:
         key = relay.keys.pbatches(profile.name)
         for pbid, bid in relay.redis.hscan_iter(key, count=500):
-            if not relay.redis.exists(relay.keys.batch(bid.decode())):
+            fp = run_fingerprint_of(bid.decode())
+            record = relay.keys.run(fp) if fp else relay.keys.batch(bid.decode())
+            if not relay.redis.exists(record):
                 pruned += relay.redis.hdel(key, pbid)
     return pruned
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import email.utils
 import logging
 import ssl
 import time
@@ -36,6 +35,7 @@ from batchrelay.producer.callbacks import (
     resolve_webhook_host,
 )
 from batchrelay.worker.attempt import DeliveryAttempt
+from batchrelay.worker.providers.http import parse_retry_after
 
 USER_AGENT = "batchrelay-webhooks/1"
 # What is kept of a receiver's answer: enough for a dead-letter note, never a memory risk.
@@ -122,24 +122,6 @@ def verify_webhook(body: bytes, headers: Mapping[str, str], secret: str) -> dict
 
 
 # -- the attempt ----------------------------------------------------------------------------
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds from a Retry-After header: delta-seconds or an HTTP-date (relative to `now`)."""
-    if value is None:
-        return None
-    value = value.strip()
-    if not value:
-        return None
-    if value.isascii() and value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now)
 
 
 def send_webhook(

@@ -1,5 +1,7 @@
 """A live relay for `batchrelay run`: real Redis, the emulator in-process, and the worker
-pipeline run inline by `tick` in a background thread (no Celery), as `beat` + a worker would."""
+pipeline run inline by `tick` in a background thread (no Celery), as `beat` + a worker would.
+`run` itself needs no worker; the pipeline carries the relay's own traffic where a test has
+some (capacity shared with the relay)."""
 
 from __future__ import annotations
 
@@ -77,13 +79,20 @@ class Live:
         return CliRunner().invoke(app, ["run", *args])
 
     def records(self) -> int:
-        """Request records in Redis: one per line ever submitted."""
+        """Request records in Redis (direct file mode stores none)."""
         pattern = f"{self.settings.key_prefix}:*:req:*"
         return sum(1 for _ in self.redis.scan_iter(match=pattern, count=10_000))
 
+    def keys(self) -> list[bytes]:
+        return list(self.redis.scan_iter(count=10_000))
+
+    def batches(self) -> list[Any]:
+        """The emulator's batches, oldest first."""
+        return sorted(self.emu.engine.store.batches.values(), key=lambda b: b.seq)
+
     def provider_lines(self) -> int:
         """Lines the emulator received across every batch it was given."""
-        return sum(b.total for b in list(self.emu.engine.store.batches.values()))
+        return sum(b.total for b in self.batches())
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""`batchrelay run` with Gemini batch lines `{key, request}`: checked at scan, run through the
-relay (inline pipeline, real Redis, the emulator), results in input order and priced from
+"""`batchrelay run` with Gemini batch lines `{key, request}`: checked at scan, sent in direct
+file mode (real Redis, the emulator; no worker), results in input order and priced from
 `usageMetadata` in the cost table."""
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ def gemini_line(i: int) -> dict:
 def test_gemini_lines_run_in_order_and_are_priced(live: Live, tmp_path: Path) -> None:
     n = 20
     src = write_jsonl(tmp_path / "gemini.jsonl", [gemini_line(i) for i in range(n)])
-    live.pipeline.start()
     result = live.run(str(src))
     assert result.exit_code == 0, result.output
     assert f"{n} requests ({n} gemini)" in result.output.replace(",", "")
@@ -82,4 +81,4 @@ def test_bad_gemini_lines_are_refused_before_anything_is_stored(
     src = write_jsonl(tmp_path / "bad.jsonl", [gemini_line(0), line])
     result = live.run(str(src))
     assert result.exit_code != 0 and "line 2" in result.output and words in result.output
-    assert live.records() == 0
+    assert live.keys() == [] and live.batches() == []

@@ -4,16 +4,18 @@ the cost table, without Redis."""
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import orjson
 import pytest
 from rich.console import Console
 
-from batchrelay.batchfile import ANTHROPIC_ENDPOINT, InputFileError, idempotency_key, scan
+from batchrelay.batchfile import ANTHROPIC_ENDPOINT, InputFileError, scan
 from batchrelay.config import load_settings
 from batchrelay.config.prices import load_prices
 from batchrelay.config.prices import usage_tokens as tokens
+from batchrelay.direct.parts import index_of, line_id
 from batchrelay.producer.intake import Intake
 from batchrelay.run import ModelUsage, Summary, cost_table, count, usd
 from tests.cli.conftest import chat_line, write_jsonl
@@ -116,12 +118,15 @@ def test_empty_file(intake: Intake, tmp_path: Path) -> None:
         scan(src, intake)
 
 
-def test_idempotency_key_fits_the_limit() -> None:
-    fp = "f" * 64
-    assert idempotency_key(fp, "req-1") == f"run:{'f' * 32}:req-1"
-    long = idempotency_key(fp, "x" * 300)
-    assert len(long) <= 255 and long == idempotency_key(fp, "x" * 300)
-    assert long != idempotency_key(fp, "x" * 301)
+def test_provider_custom_ids_name_the_file_and_the_line() -> None:
+    """What the provider sees as a line's custom_id is valid for every provider (Anthropic:
+    ^[a-zA-Z0-9_-]{1,64}$), names its input line, and is not taken for another file's."""
+    fp, other = "0f" * 32, "a1" * 32
+    ids = [line_id(fp, i) for i in (0, 7, 49_999, 10**9)]
+    assert all(re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", i) for i in ids)
+    assert [index_of(fp, i) for i in ids] == [0, 7, 49_999, 10**9]
+    assert index_of(other, ids[1]) is None
+    assert index_of(fp, "req-1") is None and index_of(fp, f"{fp[:16]}-x") is None
 
 
 @pytest.mark.parametrize(

@@ -102,7 +102,7 @@ def parse_result_line(line: bytes) -> Outcome | None:
         custom_id, result = data["custom_id"], data["result"]
         kind = result["type"]
         if kind == "succeeded":
-            return Outcome(custom_id, "ok", 200, orjson.dumps(result["message"]))
+            return Outcome(custom_id, "ok", 200, orjson.dumps(result["message"]), result["message"])
         if kind == "errored":
             envelope = result.get("error") or {}
             inner = envelope.get("error")

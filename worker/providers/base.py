@@ -12,12 +12,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, ClassVar, Literal
 
+import orjson
+
 from batchrelay.config.kinds import ProviderKind
 
 # Normalised batch statuses (OpenAI's names; other protocols map onto them).
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 
 OutcomeKind = Literal["ok", "fail", "retry"]
+
+# What a line the provider did not answer gets as its error (the worker's collection and
+# `batchrelay run` alike).
+MISSING = orjson.dumps(
+    {
+        "code": "missing_result",
+        "message": "the provider returned no result for this request",
+        "status_code": None,
+        "body": None,
+    }
+)
+# A batch that ended early names why its unrun requests have no result (Gemini writes none).
+NEVER_RAN = {
+    status: orjson.dumps({"code": code, "message": message, "status_code": None, "body": None})
+    for status, code, message in (
+        ("expired", "batch_expired", "the batch expired before this request ran"),
+        ("cancelled", "batch_cancelled", "the batch was cancelled before this request ran"),
+    )
+}
+# A validation failure of the whole batch for the profile's enqueued-token limit.
+TOKEN_LIMIT = "token_limit_exceeded"
+# A results download answered with these is gone for good.
+GONE = frozenset({404, 410})
 
 
 @dataclass(frozen=True)
@@ -38,15 +63,18 @@ class ProviderBatch:
         return self.status in TERMINAL
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: one is built per result line, and frozen costs ~3 us each
 class Outcome:
     """One request's result line: `ok` stores the response body, `fail` is final with the
-    provider's error, `retry` sends the request back to the pending queue."""
+    provider's error, `retry` sends the request back to the pending queue (read-only)."""
 
     custom_id: str
     kind: OutcomeKind
     status_code: int
     payload: bytes
+    #: The response body `payload` encodes, for an `ok` line: a reader that needs its usage
+    #: (`batchrelay run`'s cost table) does not parse it again.
+    body: Any = None
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,7 @@ def parse_result(data: Any) -> Outcome | None:
         key = data.get("key") or (data.get("metadata") or {})["key"]
         response, error = data.get("response"), data.get("error")
         if isinstance(response, dict) and not error:
-            return Outcome(key, "ok", 200, orjson.dumps(response))
+            return Outcome(key, "ok", 200, orjson.dumps(response), response)
         if isinstance(error, dict):
             code = error.get("status")
             status = int(error.get("code") or 0)

@@ -7,10 +7,12 @@ caller can reconcile first.
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import random
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC
 from typing import Any
 
 import httpx
@@ -18,13 +20,30 @@ import httpx
 from batchrelay import metrics_store
 from batchrelay.config import ProviderProfile
 from batchrelay.worker.providers.base import ProviderError
-from batchrelay.worker.webhooks import parse_retry_after
 
 log = logging.getLogger(__name__)
 
 MAX_RETRY_AFTER_S = 60.0
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP-date (relative to `now`)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
 
 
 def auth_headers(profile: ProviderProfile) -> dict[str, str]:

@@ -100,7 +100,7 @@ def result_outcome(data: dict[str, Any], line: bytes) -> Outcome | None:
         status = int(response["status_code"])
         body = response.get("body")
         if 200 <= status < 300:
-            return Outcome(custom_id, "ok", status, orjson.dumps(body))
+            return Outcome(custom_id, "ok", status, orjson.dumps(body), body)
         err = body.get("error") if isinstance(body, dict) else None
         if err is None and isinstance(body, dict) and body.get("object") == "error":
             err = body  # Mistral's envelope: the error fields at the top level

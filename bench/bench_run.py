@@ -1,0 +1,112 @@
+"""`batchrelay run` of a 50,000-line chat file, against the official `openai` SDK in the same run.
+
+    python -m bench.bench_run
+
+Both drive the same emulator (its own process, full speed) with the same poll interval
+(0.5 s). Baseline: the SDK uploads the file, creates the batch, polls it, downloads the
+output and parses every line. Ours: `batchrelay run FILE -o OUT` as a subprocess (its start-up
+included), in direct file mode: no worker or beat runs (target <= 1.5 x the baseline).
+`BENCH_RUN_ROUNDS` (default 1) repeats both, alternating, and prints each round's figures.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import openai
+import orjson
+
+from batchrelay.config import load_settings
+from bench._redis import private_redis
+from bench.bench_pipeline import KEY, start_emulator_process
+from tests._redis import free_port
+from tests._stack import ROOT, settings_env
+
+N = int(os.environ.get("BENCH_N_RUN", "50000"))
+ROUNDS = int(os.environ.get("BENCH_RUN_ROUNDS", "1"))
+CHAT = "/v1/chat/completions"
+POLL_S = 0.5
+
+
+def write_file(path: Path, salt: int) -> None:
+    """N chat lines; `salt` makes each round's file (and so its run) a new one."""
+    with path.open("wb") as f:
+        for i in range(N):
+            content = f"q {i} {salt}"
+            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]}
+            line = {"custom_id": f"c{i}", "method": "POST", "url": CHAT, "body": body}
+            f.write(orjson.dumps(line) + b"\n")
+
+
+def sdk_flow(base: str, path: Path) -> float:
+    """Seconds for upload -> create -> poll -> download -> parse with the openai SDK."""
+    client = openai.OpenAI(base_url=base, api_key=KEY)
+    t = time.perf_counter()
+    with path.open("rb") as f:
+        uploaded = client.files.create(file=f, purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h")
+    while batch.status != "completed":
+        time.sleep(POLL_S)
+        batch = client.batches.retrieve(batch.id)
+    assert batch.output_file_id is not None
+    content = client.files.content(batch.output_file_id).content
+    parsed = [orjson.loads(line) for line in content.splitlines()]
+    took = time.perf_counter() - t
+    assert len(parsed) == N
+    client.close()
+    return took
+
+
+def relay_flow(redis_url: str, base: str, path: Path) -> float:
+    """Seconds for `batchrelay run FILE -o OUT`, process start-up included."""
+    settings = load_settings(
+        redis_url=redis_url,
+        providers=[{"name": "emu", "base_url": base, "api_key": KEY}],
+        poll_interval_s=POLL_S,
+    )
+    out = path.with_suffix(".out.jsonl")
+    cmd = [sys.executable, "-m", "batchrelay", "run", str(path), "-o", str(out)]
+    t = time.perf_counter()
+    done = subprocess.run(cmd, env=settings_env(settings), cwd=ROOT, capture_output=True)
+    took = time.perf_counter() - t
+    assert done.returncode == 0, done.stdout.decode()[-2000:] + done.stderr.decode()[-2000:]
+    with out.open("rb") as f:
+        assert sum(1 for _ in f) == N
+    return took
+
+
+def main() -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/v1"
+    with tempfile.TemporaryDirectory() as tmp, private_redis() as redis_server:
+        emu = start_emulator_process(port, tmp)
+        ratios: list[float] = []
+        try:
+            for round_ in range(1, ROUNDS + 1):
+                sdk_path, ours_path = Path(tmp) / "sdk.jsonl", Path(tmp) / f"run{round_}.jsonl"
+                write_file(sdk_path, round_)
+                write_file(ours_path, round_)
+                sdk_s = sdk_flow(base, sdk_path)
+                ours_s = relay_flow(redis_server.url, base, ours_path)
+                ratios.append(ours_s / sdk_s)
+                print(
+                    f"batchrelay run of {N:,} chat lines: {ours_s:.2f} s; openai SDK upload -> "
+                    f"create -> poll -> download -> parse {sdk_s:.2f} s; ratio "
+                    f"{ours_s / sdk_s:.2f} (target <= 1.5)"
+                )
+        finally:
+            emu.terminate()
+            emu.wait(10)
+    if len(ratios) > 1:
+        median = statistics.median(ratios)
+        print(f"median ratio of {len(ratios)} rounds: {median:.2f} (target <= 1.5)")
+
+
+if __name__ == "__main__":
+    main()
