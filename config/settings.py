@@ -357,8 +357,10 @@ class Settings(BaseSettings):
     delivery_retry_schedule_s: list[PositiveFloat] = Field(
         default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400]
     )
-    delivery_chunk: PositiveInt = 100
-    delivery_concurrency: Annotated[int, Field(gt=0, le=64)] = 8
+    # A worker process sends up to `delivery_concurrency` webhooks at once on one event loop
+    # (worker/engine.py); bench_webhooks measured 8 in flight and 100 per task as the bound.
+    delivery_chunk: PositiveInt = 500
+    delivery_concurrency: Annotated[int, Field(gt=0, le=512)] = 64
     webhook_secrets: list[SecretStr] = Field(default_factory=list)
     webhook_timeout_s: PositiveFloat = 15.0
     webhook_allow_private: bool = False

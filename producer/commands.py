@@ -264,15 +264,6 @@ def lease(schedule_key: str, now_ms: int, lease_ms: int, limit: int) -> Call[lis
     return Call([schedule_key], ["lease", "-", now_ms, lease_ms, limit], _texts)
 
 
-def take(schedule_key: str, member: str, leased_until_ms: int, hold_until_ms: int) -> Call[bool]:
-    """Start handling a leased member if its lease is still this holder's."""
-    return Call(
-        [schedule_key],
-        ["take", "-", member, leased_until_ms, hold_until_ms],
-        lambda r: bool(int(r)),
-    )
-
-
 STALE, SKIPPED = "stale", "skipped"
 
 

@@ -383,25 +383,12 @@ if cmd == 'retire' then
   return 1
 end
 
--- take: start handling one leased member, fenced by its lease. Succeeds only while the member
--- still carries the score `lease` gave this holder; then pushes it to hold_until. A chunk that
--- waited in the queue past its lease was handed out again by a later tick: the score moved, so
--- the stale holder skips the member instead of sending it a second time.
--- KEYS: schedule zset
--- ARGV: 'take', -, member, leased_until_ms, hold_until_ms
-if cmd == 'take' then
-  local score = redis.call('ZSCORE', KEYS[1], ARGV[3])
-  if score and tonumber(score) == tonumber(ARGV[4]) then
-    redis.call('ZADD', KEYS[1], 'XX', tonumber(ARGV[5]), ARGV[3])
-    return 1
-  end
-  return 0
-end
-
--- take_wave: start handling a wave of one group's leased deliveries, fenced by the lease like
--- `take`, in one call. Per member: 0 = stale (its score is no longer this holder's lease),
--- 1 = skipped (record gone, already delivered or dead, or no callback: it leaves the
--- schedule), or {2, values of the named fields} = taken and held until hold_until.
+-- take_wave: start handling a wave of one group's leased deliveries in one call, each fenced
+-- by its lease: a chunk that waited in the queue past its lease was handed out again by a later
+-- tick (`lease` moved its score), so the stale holder skips it instead of sending it twice.
+-- Per member: 0 = stale (its score is no longer this holder's lease), 1 = skipped (record
+-- gone, already delivered or dead, or no callback: it leaves the schedule), or
+-- {2, values of the named fields} = taken and held until hold_until.
 -- KEYS: deliver zset, then each member's request record
 -- ARGV: 'take_wave', -, leased_until_ms, hold_until_ms, n_fields, field names..., members...
 if cmd == 'take_wave' then

@@ -80,7 +80,9 @@ async def _deliver(ctx: SendContext, rids: list[str], leased_until_ms: int) -> C
     running: deque[tuple[str, list[_Due], list[asyncio.Task[DeliveryAttempt]]]] = deque()
     for tag, ids in by_group.items():
         for start in range(0, len(ids), size):
-            due = _take_wave(relay, tag, ids[start : start + size], leased_until_ms, outcomes)
+            wave = ids[start : start + size]
+            due, left = await asyncio.to_thread(_take_wave, relay, tag, wave, leased_until_ms)
+            outcomes.update(left)
             running.append((tag, due, [asyncio.create_task(_send(ctx, d)) for d in due]))
             if len(running) == 2:
                 outcomes.update(await _finish(relay, *running.popleft()))
@@ -114,14 +116,15 @@ async def _send(ctx: SendContext, item: _Due) -> DeliveryAttempt:
 
 
 def _take_wave(
-    relay: Relay, tag: str, rids: list[str], leased_until_ms: int, outcomes: Counter[str]
-) -> list[_Due]:
+    relay: Relay, tag: str, rids: list[str], leased_until_ms: int
+) -> tuple[list[_Due], Counter[str]]:
     """Take a wave of one group's deliveries (each held for `hold_ms`) and read their
-    records in one call. Those already delivered or dead, or without a callback, leave the
-    schedule ("skipped")."""
+    records in one call; returns those to send and the count of the others ("stale", or
+    "skipped": already delivered or dead, or without a callback, they left the schedule).
+    Run in a thread, so the attempts in flight go on while Redis answers."""
     until = relay.now() + hold_ms(relay)
     call = commands.take_wave(relay.keys, tag, rids, RESULT_FIELDS, leased_until_ms, until)
-    due = []
+    due, outcomes = [], Counter[str]()
     meta = relay.group_meta(tag)
     for rid, reply in zip(rids, commands.run(relay.redis, call), strict=True):
         if isinstance(reply, str):
@@ -135,7 +138,7 @@ def _take_wave(
             continue
         payload = result_payload(rid, meta, reply)
         due.append(_Due(rid, int(fields["dattempts"] or 0), callback, payload))
-    return due
+    return due, outcomes
 
 
 async def _finish(
@@ -159,7 +162,8 @@ async def _finish(
             rows.append(commands.DeliveryOutcome(item.rid, "retry", n, due_ms, attempt.error))
         counts[rows[-1].outcome] += 1
     if rows:
-        commands.run(relay.redis, commands.settle_deliveries(relay.keys, tag, now, rows))
+        call = commands.settle_deliveries(relay.keys, tag, now, rows)
+        await asyncio.to_thread(commands.run, relay.redis, call)
     for outcome, n in counts.items():
         metrics_store.count("batchrelay_webhook_attempts_total", outcome, n=n)
     return counts

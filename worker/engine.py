@@ -54,6 +54,7 @@ class Engine:
         if not self.loop.is_running():
             return
         self.run(self.webhooks.close())
+        self.run(self.loop.shutdown_default_executor())  # the threads Redis calls ran in
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()

@@ -141,7 +141,7 @@ async def _read_prefix(response: aiohttp.ClientResponse, left_s: float) -> str:
     does not turn a 2xx into a failure (that would only cause a duplicate delivery).
     """
     buf = bytearray()
-    if left_s <= 0:
+    if left_s <= 0 or response.content.at_eof():  # out of time, or a bodiless answer (204)
         return ""
     with contextlib.suppress(TimeoutError, aiohttp.ClientError):
         async with asyncio.timeout(left_s):

@@ -471,7 +471,7 @@ def test_each_attempt_checks_a_dns_answer_at_most_a_second_old(
     hooks: Hooks, webhook_receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Attempts within FRESH_DNS_TTL_S share one lookup; a later attempt looks up again, and
-    the connection goes to that new answer's checked address."""
+    a new connection goes to the new answer's checked address."""
     answers = iter(["127.0.0.1", "127.0.0.1", "127.0.0.2"])
     asked: list[str] = []
     real = socket.getaddrinfo
@@ -489,7 +489,7 @@ def test_each_attempt_checks_a_dns_answer_at_most_a_second_old(
     assert hooks.send(url, "b", policy=policy).ok
     assert asked == ["hooks.invalid"]
     time.sleep(FRESH_DNS_TTL_S + 0.1)
-    assert hooks.send(url, "c", policy=policy).ok  # a kept-alive connection is reused...
+    assert hooks.send(url, "c", policy=policy).ok
     assert asked == ["hooks.invalid"] * 2
     hooks.run(hooks.clients.pop(policy).close())  # the next attempt needs a new connection
     time.sleep(FRESH_DNS_TTL_S + 0.1)
@@ -510,3 +510,36 @@ def test_the_signature_verifies_with_standardwebhooks_for_each_secret() -> None:
     for secret in (old, new):
         assert sw.Webhook(secret).verify(BODY, headers)["id"] == "req_1"
     assert headers["webhook-signature"] == sign_webhook("req_9", stamp, BODY, [old, new])
+
+
+def test_one_keep_alive_connection_serves_many_deliveries(hooks: Hooks) -> None:
+    """The client keeps connections open between attempts (the worker keeps its client for
+    the process, so across tasks too), against an HTTP/1.1 receiver that allows it."""
+    connections: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                await reader.readexactly(length)
+                writer.write(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def start() -> asyncio.Server:
+        return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+    server = hooks.run(start())
+    port = server.sockets[0].getsockname()[1]
+    try:
+        for i in range(5):
+            assert hooks.send(f"http://127.0.0.1:{port}/hook", f"req_{i}").status == 204
+    finally:
+        server.close()
+    assert len(connections) == 1
