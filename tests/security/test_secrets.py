@@ -72,7 +72,15 @@ def scan_redis(client: redis.Redis) -> tuple[int, list[str]]:
 def test_secrets_stay_out_of_logs_redis_and_task_args(redis_url, tmp_path):
     config = fast_emulator_config(api_keys=[API_KEY], processing_rate_rps=500)
     with start_emulator(config) as emu, WebhookReceiver() as receiver:
-        settings = relay_settings(redis_url, emu, webhook_secrets=[WEBHOOK_SECRET])
+        # Small delivery chunks sent one attempt at a time: many deliver task messages wait in
+        # the queue (or kombu's unacked hash) long enough to be scanned.
+        settings = relay_settings(
+            redis_url,
+            emu,
+            webhook_secrets=[WEBHOOK_SECRET],
+            delivery_chunk=10,
+            delivery_concurrency=1,
+        )
         assert emu.api_key == API_KEY
         stack = Stack(settings, tmp_path)
         stack.log_level = "DEBUG"
