@@ -14,6 +14,8 @@ import importlib.util
 EXTRA_OF_MODULE: dict[str, str] = {
     "redbeat": "worker",
     "standardwebhooks": "worker",
+    "aiohttp": "worker",
+    "uvloop": "worker",
     "fastapi": "emulator",
     "starlette": "emulator",
     "uvicorn": "emulator",

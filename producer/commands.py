@@ -264,13 +264,56 @@ def lease(schedule_key: str, now_ms: int, lease_ms: int, limit: int) -> Call[lis
     return Call([schedule_key], ["lease", "-", now_ms, lease_ms, limit], _texts)
 
 
-def take(schedule_key: str, member: str, leased_until_ms: int, hold_until_ms: int) -> Call[bool]:
-    """Start handling a leased member if its lease is still this holder's."""
-    return Call(
-        [schedule_key],
-        ["take", "-", member, leased_until_ms, hold_until_ms],
-        lambda r: bool(int(r)),
-    )
+STALE, SKIPPED = "stale", "skipped"
+
+
+def take_wave(
+    k: Keys,
+    tag: str,
+    rids: Sequence[str],
+    fields: Sequence[str],
+    leased_until_ms: int,
+    hold_until_ms: int,
+) -> Call[list[str | list[bytes | None]]]:
+    """Take a wave of one group's leased deliveries, each held until `hold_until_ms`. Per id:
+    `STALE` (the lease is no longer this holder's), `SKIPPED` (nothing to deliver; it left the
+    schedule) or the values of `fields` of a taken one. One slot: every key is the group's."""
+    keys = [k.deliver(tag), *(k.req(rid) for rid in rids)]
+    args = ["take_wave", "-", leased_until_ms, hold_until_ms, len(fields), *fields, *rids]
+
+    def parse(reply: Sequence[Any]) -> list[str | list[bytes | None]]:
+        out: list[str | list[bytes | None]] = []
+        for item in reply:
+            if isinstance(item, list):
+                out.append(item[1:])
+            else:
+                out.append(STALE if int(item) == 0 else SKIPPED)
+        return out
+
+    return Call(keys, args, parse)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryOutcome:
+    """One attempt's record: `delivered`, `dead` or `retry` (due again at `due_ms`)."""
+
+    rid: str
+    outcome: str
+    attempts: int
+    due_ms: int = 0
+    error: str = ""
+
+
+def settle_deliveries(k: Keys, tag: str, now_ms: int, rows: Sequence[DeliveryOutcome]) -> Call[int]:
+    """Write a wave of one group's delivery outcomes in one call; returns how many records
+    were written (a record that expired meanwhile only leaves the schedule)."""
+    keys = [k.deliver(tag), k.dead(tag), *(k.req(r.rid) for r in rows)]
+    args: list[Any] = ["settle_deliveries", "-", now_ms]
+    for r in rows:
+        if r.outcome not in ("delivered", "dead", "retry"):
+            raise ValueError(f"unknown delivery outcome {r.outcome!r}")
+        args += [r.rid, r.outcome, r.attempts, r.due_ms, r.error]
+    return Call(keys, args, int)
 
 
 def retire(k: Keys, tag: str) -> Call[bool]:

@@ -383,19 +383,76 @@ if cmd == 'retire' then
   return 1
 end
 
--- take: start handling one leased member, fenced by its lease. Succeeds only while the member
--- still carries the score `lease` gave this holder; then pushes it to hold_until. A chunk that
--- waited in the queue past its lease was handed out again by a later tick: the score moved, so
--- the stale holder skips the member instead of sending it a second time.
--- KEYS: schedule zset
--- ARGV: 'take', -, member, leased_until_ms, hold_until_ms
-if cmd == 'take' then
-  local score = redis.call('ZSCORE', KEYS[1], ARGV[3])
-  if score and tonumber(score) == tonumber(ARGV[4]) then
-    redis.call('ZADD', KEYS[1], 'XX', tonumber(ARGV[5]), ARGV[3])
-    return 1
+-- take_wave: start handling a wave of one group's leased deliveries in one call, each fenced
+-- by its lease: a chunk that waited in the queue past its lease was handed out again by a later
+-- tick (`lease` moved its score), so the stale holder skips it instead of sending it twice.
+-- Per member: 0 = stale (its score is no longer this holder's lease), 1 = skipped (record
+-- gone, already delivered or dead, or no callback: it leaves the schedule), or
+-- {2, values of the named fields} = taken and held until hold_until.
+-- KEYS: deliver zset, then each member's request record
+-- ARGV: 'take_wave', -, leased_until_ms, hold_until_ms, n_fields, field names..., members...
+if cmd == 'take_wave' then
+  local leased, hold = tonumber(ARGV[3]), tonumber(ARGV[4])
+  local n_fields = tonumber(ARGV[5])
+  local fields = {}
+  for i = 1, n_fields do fields[i] = ARGV[5 + i] end
+  local first = 6 + n_fields
+  local out = {}
+  for i = 2, #KEYS do
+    local member = ARGV[first + i - 2]
+    local score = redis.call('ZSCORE', KEYS[1], member)
+    if not score or tonumber(score) ~= leased then
+      out[#out + 1] = 0
+    else
+      local head = redis.call('HMGET', KEYS[i], 'state', 'dstate', 'callback')
+      if not head[1] or head[2] ~= 'pending' or not head[3] or head[3] == '' then
+        redis.call('ZREM', KEYS[1], member)
+        out[#out + 1] = 1
+      else
+        redis.call('ZADD', KEYS[1], 'XX', hold, member)
+        local values = redis.call('HMGET', KEYS[i], unpack(fields))
+        table.insert(values, 1, 2)
+        out[#out + 1] = values
+      end
+    end
   end
-  return 0
+  return out
+end
+
+-- settle_deliveries: write the outcomes of a wave of one group's delivery attempts.
+-- `delivered` and `dead` leave the schedule (dead ones join the dead letters at now);
+-- `retry` is due again at due_ms. A record that expired meanwhile only leaves the schedule.
+-- KEYS: deliver zset, dead zset, then each member's request record
+-- ARGV: 'settle_deliveries', -, now_ms, then per member: member, outcome, attempts, due_ms,
+--       error text
+-- Returns how many records were written.
+if cmd == 'settle_deliveries' then
+  local now = tonumber(ARGV[3])
+  local written = 0
+  for i = 3, #KEYS do
+    local at = 4 + (i - 3) * 5
+    local member, outcome, attempts = ARGV[at], ARGV[at + 1], ARGV[at + 2]
+    local due, err = tonumber(ARGV[at + 3]), ARGV[at + 4]
+    if redis.call('EXISTS', KEYS[i]) == 0 then
+      redis.call('ZREM', KEYS[1], member)
+    elseif outcome == 'delivered' then
+      redis.call('HSET', KEYS[i], 'dstate', 'delivered', 'dattempts', attempts, 'delivered', now)
+      redis.call('ZREM', KEYS[1], member)
+      written = written + 1
+    elseif outcome == 'dead' then
+      redis.call('HSET', KEYS[i], 'dstate', 'dead', 'dattempts', attempts, 'dlast', err)
+      redis.call('ZREM', KEYS[1], member)
+      redis.call('ZADD', KEYS[2], now, member)
+      written = written + 1
+    elseif outcome == 'retry' then
+      redis.call('HSET', KEYS[i], 'dattempts', attempts, 'dlast', err)
+      redis.call('ZADD', KEYS[1], due, member)
+      written = written + 1
+    else
+      return redis.error_reply('batchrelay script: settle_deliveries outcome ' .. tostring(outcome))
+    end
+  end
+  return written
 end
 
 return redis.error_reply('batchrelay script: unknown command ' .. tostring(cmd))

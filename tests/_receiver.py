@@ -63,6 +63,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # A real server's listen backlog: socketserver's default of 5 drops the SYNs of a wave of
+    # new connections (one per request here), and each dropped one costs a 1 s retransmit.
+    request_queue_size = 128
     receiver: WebhookReceiver
 
     def handle_error(self, request: object, client_address: object) -> None:

@@ -13,7 +13,6 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import orjson
 import redis
 from redis.exceptions import LockError, LockNotOwnedError
@@ -22,8 +21,8 @@ from batchrelay.config import Settings
 from batchrelay.producer.connection import Client, connect
 from batchrelay.producer.keys import Keys, tag_of
 from batchrelay.producer.records import now_ms
+from batchrelay.worker.engine import Engine
 from batchrelay.worker.providers import BatchAdapter, make_adapter
-from batchrelay.worker.webhooks import make_webhook_client
 
 log = logging.getLogger(__name__)
 
@@ -52,22 +51,23 @@ class Relay:
         self.keys = Keys(settings.key_prefix)
         self.redis = client or connect(settings)
         self._adapters: dict[str, BatchAdapter] = {}
-        self._webhooks: httpx.Client | None = None
+        self._engine: Engine | None = None
         self._group_meta: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
 
     def close(self) -> None:
         for adapter in self._adapters.values():
             adapter.close()
-        if self._webhooks is not None:
-            self._webhooks.close()
+        if self._engine is not None:
+            self._engine.close()
         self.redis.close()
 
-    def webhook_client(self) -> httpx.Client:
+    def engine(self) -> Engine:
+        """The process's delivery engine (event loop, webhook client), made on first use."""
         with self._lock:
-            if self._webhooks is None:
-                self._webhooks = make_webhook_client()
-            return self._webhooks
+            if self._engine is None:
+                self._engine = Engine(self.settings)
+            return self._engine
 
     def adapter(self, profile_name: str) -> BatchAdapter:
         with self._lock:

@@ -8,10 +8,10 @@ an exhausted schedule moves the request to the group's dead letters, which can b
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,15 +19,13 @@ import orjson
 
 from batchrelay import metrics_store
 from batchrelay.producer import commands
-from batchrelay.producer.callbacks import callback_from_record
+from batchrelay.producer.callbacks import CallbackKind, callback_from_record
 from batchrelay.producer.keys import tag_of
 from batchrelay.producer.records import RESULT_FIELDS, result_payload
 from batchrelay.worker.context import Relay
 from batchrelay.worker.senders import SENDERS, DeliveryAttempt, SendContext, SendTask
 
 log = logging.getLogger(__name__)
-
-DELIVERY_FIELDS = (*RESULT_FIELDS, "dstate", "dattempts")
 
 
 @dataclass(frozen=True)
@@ -61,71 +59,114 @@ def lease_due(relay: Relay, now: int | None = None) -> list[LeasedChunk]:
 def deliver_chunk(
     relay: Relay, rids: Iterable[str], leased_until_ms: int, send_task: SendTask
 ) -> Counter[str]:
-    """Deliver a chunk with a few requests in flight at once: a receiver's latency, not our
-    CPU, bounds webhook throughput."""
-    ctx = SendContext(relay, send_task)
-    with ThreadPoolExecutor(relay.settings.delivery_concurrency) as pool:
-        outcomes = pool.map(lambda rid: deliver_one(ctx, rid, leased_until_ms), rids)
-        return Counter(outcomes)
+    """Deliver a chunk on the process's engine (see `_deliver`); returns the outcome counts."""
+    engine = relay.engine()
+    return engine.run(_deliver(SendContext(relay, send_task, engine), list(rids), leased_until_ms))
 
 
-def deliver_one(ctx: SendContext, rid: str, leased_until_ms: int) -> str:
-    """One delivery attempt, if this holder's lease on it is still current ("stale" if not),
-    by the sender registered for the callback's kind."""
-    relay = ctx.relay
-    key, tag = relay.keys.req(rid), tag_of(rid)
-    if not _take(relay, tag, rid, leased_until_ms):
-        return "stale"
-    values = relay.redis.hmget(key, DELIVERY_FIELDS)
-    fields = dict(zip(DELIVERY_FIELDS, values, strict=True))
-    if fields["state"] is None or fields["dstate"] != b"pending":
-        relay.redis.zrem(relay.keys.deliver(tag), rid)
-        return "skipped"
-    payload = result_payload(rid, relay.group_meta(tag), values[: len(RESULT_FIELDS)])
-    callback = callback_from_record(
-        orjson.loads(fields["callback"]) if fields["callback"] else None
-    )
-    if callback is None:
-        relay.redis.zrem(relay.keys.deliver(tag), rid)
-        return "skipped"
-    attempt = SENDERS[callback.kind](ctx, rid, callback, payload)
-    outcome = _record(relay, rid, int(fields["dattempts"] or 0) + 1, attempt)
-    metrics_store.count("batchrelay_webhook_attempts_total", outcome)
-    if outcome == "delivered":
-        metrics_store.observe_delivered(payload, relay.now())
-    return outcome
+async def _deliver(ctx: SendContext, rids: list[str], leased_until_ms: int) -> Counter[str]:
+    """A chunk in waves of `delivery_concurrency`: one `take_wave` call takes a wave (fenced by
+    the lease: "stale" if this holder lost it) and reads its records; its attempts run in the
+    engine's window of `delivery_concurrency` attempts in flight (shared by every chunk the
+    process runs), and one `settle_deliveries` call writes the wave's outcomes. The next wave
+    is taken while one runs, so the window never waits for a round trip; at most two waves are
+    held at once (see `hold_ms`). Every key of a call is one group's, so it is one slot on a
+    Redis Cluster: a chunk of several groups is taken group by group."""
+    relay, outcomes = ctx.relay, Counter[str]()
+    size = relay.settings.delivery_concurrency
+    by_group: dict[str, list[str]] = {}
+    for rid in rids:
+        by_group.setdefault(tag_of(rid), []).append(rid)
+    running: deque[tuple[str, list[_Due], list[asyncio.Task[DeliveryAttempt]]]] = deque()
+    for tag, ids in by_group.items():
+        for start in range(0, len(ids), size):
+            wave = ids[start : start + size]
+            due, left = await asyncio.to_thread(_take_wave, relay, tag, wave, leased_until_ms)
+            outcomes.update(left)
+            running.append((tag, due, [asyncio.create_task(_send(ctx, d)) for d in due]))
+            if len(running) == 2:
+                outcomes.update(await _finish(relay, *running.popleft()))
+    while running:
+        outcomes.update(await _finish(relay, *running.popleft()))
+    return outcomes
 
 
-def _take(relay: Relay, tag: str, rid: str, leased_until_ms: int) -> bool:
-    """Hold the delivery for one attempt from now: the lease, and never less than a full
-    webhook timeout plus a margin, so a slow receiver is not raced by a second sender."""
-    s = relay.settings
-    hold_ms = max(relay.lease_ms(), int((s.webhook_timeout_s + 5) * 1000))
-    call = commands.take(relay.keys.deliver(tag), rid, leased_until_ms, relay.now() + hold_ms)
-    return commands.run(relay.redis, call)
+def hold_ms(relay: Relay) -> int:
+    """How long a taken delivery is held: the lease, and never less than two webhook
+    timeouts plus a margin. A taken wave starts at once or as the one before it ends (each
+    attempt ends within a timeout), so a slow receiver is not raced by a second sender, and
+    what a killed worker held is due again that soon."""
+    return max(relay.lease_ms(), int((2 * relay.settings.webhook_timeout_s + 5) * 1000))
 
 
-def _record(relay: Relay, rid: str, attempts: int, attempt: DeliveryAttempt) -> str:
-    key, tag, now = relay.keys.req(rid), tag_of(rid), relay.now()
-    schedule = relay.settings.delivery_retry_schedule_s
-    pipe = relay.redis.pipeline(transaction=True)
-    if attempt.ok:
-        pipe.hset(key, mapping={"dstate": "delivered", "dattempts": attempts, "delivered": now})
-        pipe.zrem(relay.keys.deliver(tag), rid)
-        outcome = "delivered"
-    elif attempt.final or attempts > len(schedule):
-        pipe.hset(key, mapping={"dstate": "dead", "dattempts": attempts, "dlast": attempt.error})
-        pipe.zrem(relay.keys.deliver(tag), rid)
-        pipe.zadd(relay.keys.dead(tag), {rid: now})
-        log.warning("delivery of %s given up after %d attempts: %s", rid, attempts, attempt.error)
-        outcome = "dead"
-    else:
-        delay = max(schedule[attempts - 1], attempt.retry_after or 0.0)
-        pipe.hset(key, mapping={"dattempts": attempts, "dlast": attempt.error})
-        pipe.zadd(relay.keys.deliver(tag), {rid: now + int(delay * 1000)})
-        outcome = "retry"
-    pipe.execute()
-    return outcome
+@dataclass(frozen=True, slots=True)
+class _Due:
+    """A taken delivery, ready to send."""
+
+    rid: str
+    attempts: int  # before this one
+    callback: CallbackKind
+    payload: dict[str, Any]
+
+
+async def _send(ctx: SendContext, item: _Due) -> DeliveryAttempt:
+    """One attempt by the sender registered for the callback's kind, in the engine's window."""
+    async with ctx.engine.window:
+        return await SENDERS[item.callback.kind](ctx, item.rid, item.callback, item.payload)
+
+
+def _take_wave(
+    relay: Relay, tag: str, rids: list[str], leased_until_ms: int
+) -> tuple[list[_Due], Counter[str]]:
+    """Take a wave of one group's deliveries (each held for `hold_ms`) and read their
+    records in one call; returns those to send and the count of the others ("stale", or
+    "skipped": already delivered or dead, or without a callback, they left the schedule).
+    Run in a thread, so the attempts in flight go on while Redis answers."""
+    until = relay.now() + hold_ms(relay)
+    call = commands.take_wave(relay.keys, tag, rids, RESULT_FIELDS, leased_until_ms, until)
+    due, outcomes = [], Counter[str]()
+    meta = relay.group_meta(tag)
+    for rid, reply in zip(rids, commands.run(relay.redis, call), strict=True):
+        if isinstance(reply, str):
+            outcomes[reply] += 1
+            continue
+        fields = dict(zip(RESULT_FIELDS, reply, strict=True))
+        callback = callback_from_record(orjson.loads(fields["callback"]))
+        if callback is None:  # a stored `null` callback: nothing to deliver
+            relay.redis.zrem(relay.keys.deliver(tag), rid)
+            outcomes["skipped"] += 1
+            continue
+        payload = result_payload(rid, meta, reply)
+        due.append(_Due(rid, int(fields["dattempts"] or 0), callback, payload))
+    return due, outcomes
+
+
+async def _finish(
+    relay: Relay, tag: str, due: list[_Due], tasks: list[asyncio.Task[DeliveryAttempt]]
+) -> Counter[str]:
+    """Wait for a wave's attempts and write their outcomes in one call."""
+    attempts = await asyncio.gather(*tasks)
+    now, schedule = relay.now(), relay.settings.delivery_retry_schedule_s
+    rows, counts = [], Counter[str]()
+    for item, attempt in zip(due, attempts, strict=True):
+        n = item.attempts + 1
+        if attempt.ok:
+            rows.append(commands.DeliveryOutcome(item.rid, "delivered", n))
+            metrics_store.observe_delivered(item.payload, now)
+        elif attempt.final or n > len(schedule):
+            rows.append(commands.DeliveryOutcome(item.rid, "dead", n, error=attempt.error))
+            log.warning("delivery of %s given up after %d attempts: %s", item.rid, n, attempt.error)
+        else:
+            delay = max(schedule[n - 1], attempt.retry_after or 0.0)
+            due_ms = now + int(delay * 1000)
+            rows.append(commands.DeliveryOutcome(item.rid, "retry", n, due_ms, attempt.error))
+        counts[rows[-1].outcome] += 1
+    if rows:
+        call = commands.settle_deliveries(relay.keys, tag, now, rows)
+        await asyncio.to_thread(commands.run, relay.redis, call)
+    for outcome, n in counts.items():
+        metrics_store.count("batchrelay_webhook_attempts_total", outcome, n=n)
+    return counts
 
 
 def dead_letters(relay: Relay) -> list[dict[str, Any]]:

@@ -89,6 +89,8 @@ def test_sync_producer_and_worker_on_a_cluster(cluster_url, tmp_path):
                 producer.cancel(ids[1])
             assert receiver.wait_for(90, 30)
             assert receiver.verify_all(SECRET) >= 90
+            # take_wave and settle_deliveries ran on the cluster (one slot per group's call).
+            drive(relay, lambda: {s.delivery for s in producer.statuses(ids)} == {"delivered"})
             # Finished batches are found by scanning every master.
             finished = finished_batches(relay, 100)
             used = {item["body"]["model"] for item in items(90, hook)}

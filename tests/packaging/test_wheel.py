@@ -27,7 +27,16 @@ PROVIDERS = json.dumps(
     [{"name": "emu", "base_url": "http://127.0.0.1:9/v1", "api_key": SECRET_KEY, "models": ["*"]}]
 )
 # Modules only an extra may bring; none is in a core install.
-EXTRA_MODULES = ("flower", "fastapi", "uvicorn", "starlette", "redbeat", "standardwebhooks")
+EXTRA_MODULES = (
+    "flower",
+    "fastapi",
+    "uvicorn",
+    "starlette",
+    "redbeat",
+    "standardwebhooks",
+    "aiohttp",
+    "uvloop",
+)
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -227,7 +236,7 @@ def test_worker_extra_loads_the_celery_app_from_the_app_directory(
         redis_url=redis_url,
     )
     _check_app_untouched(report, venv.app)
-    assert report["installed"] == ["redbeat", "standardwebhooks"]
+    assert report["installed"] == ["redbeat", "standardwebhooks", "aiohttp", "uvloop"]
     assert "batchrelay.aggregate" in report["tasks"]
     assert report["include"] == ["batchrelay.worker.tasks"]
 

@@ -461,3 +461,48 @@ def test_a_batch_our_side_cannot_move_is_reported_stuck(stack, emu):
     assert rec["id"] == bid and rec["stuck"].startswith("claimed since")
     assert submit_batch(worker, bid) == "submitted"
     assert not stuck_batches(worker)
+
+
+def test_a_wave_is_taken_and_settled_in_one_call_each(stack, receiver):
+    """take_wave: a stale member is left alone, a delivered one leaves the schedule, the
+    others are held and read; settle_deliveries: a record that expired meanwhile only
+    leaves the schedule (no partial record is written back)."""
+    from batchrelay.producer import commands
+    from batchrelay.producer.records import RESULT_FIELDS
+
+    producer, worker = stack()
+    ids = producer.submit_many(
+        [
+            {"endpoint": CHAT, "body": chat(f"t{i}"), "callback": Webhook(receiver.url)}
+            for i in range(4)
+        ]
+    )
+    drive(worker, all_final(producer, ids), deliver=False)
+    [chunk] = lease_due(worker)
+    tag, k, r = chunk.tag, worker.keys, worker.redis
+    stale, done, gone, live = sorted(ids)
+    r.zadd(k.deliver(tag), {stale: chunk.leased_until_ms + 1})  # re-leased by a later tick
+    r.hset(k.req(done), "dstate", "delivered")
+    hold = worker.now() + 60_000
+    call = commands.take_wave(
+        k, tag, [stale, done, gone, live], RESULT_FIELDS, chunk.leased_until_ms, hold
+    )
+    replies = commands.run(r, call)
+    assert replies[:2] == [commands.STALE, commands.SKIPPED]
+    assert [dict(zip(RESULT_FIELDS, v, strict=True))["state"] for v in replies[2:]] == [
+        b"succeeded"
+    ] * 2
+    assert r.zscore(k.deliver(tag), done) is None
+    assert r.zscore(k.deliver(tag), gone) == r.zscore(k.deliver(tag), live) == hold
+
+    r.delete(k.req(gone))  # expired after retention while its attempt ran
+    rows = [
+        commands.DeliveryOutcome(gone, "delivered", 1),
+        commands.DeliveryOutcome(live, "retry", 1, due_ms=hold + 5, error="HTTP 500"),
+    ]
+    assert commands.run(r, commands.settle_deliveries(k, tag, worker.now(), rows)) == 1
+    assert not r.exists(k.req(gone)) and r.zscore(k.deliver(tag), gone) is None
+    assert r.zscore(k.deliver(tag), live) == hold + 5
+    assert r.hmget(k.req(live), "dattempts", "dlast") == [b"1", b"HTTP 500"]
+    with pytest.raises(ValueError, match="unknown delivery outcome"):
+        commands.settle_deliveries(k, tag, 0, [commands.DeliveryOutcome(live, "lost", 1)])

@@ -1,21 +1,25 @@
 """Sending one signed webhook, over real HTTP to the test receiver on 127.0.0.1.
 
 The receiver is on loopback, so most tests use a policy that allows exactly 127.0.0.1; the
-default policy is exercised by the blocked-URL tests. No request leaves the machine.
+default policy is exercised by the blocked-URL tests. No request leaves the machine. The
+client is asyncio (one loop per worker process); `Hooks` runs it on a loop thread, as the
+worker's engine does, and gives each policy its own client.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from email.utils import formatdate
+from typing import Any, TypeVar
 
-import httpx
+import aiohttp
 import pytest
 import standardwebhooks
 from pydantic import SecretStr
@@ -24,10 +28,13 @@ from batchrelay.config.webhook_secrets import generate_webhook_secret
 from batchrelay.producer import callbacks
 from batchrelay.producer.callbacks import WebhookPolicy
 from batchrelay.producer.errors import ConfigurationError
+from batchrelay.worker.attempt import DeliveryAttempt
+from batchrelay.worker.webhook_client import FRESH_DNS_TTL_S, WebhookClient
 from batchrelay.worker.webhooks import (
     RESPONSE_PREFIX_BYTES,
     USER_AGENT,
-    make_webhook_client,
+    WebhookSecret,
+    WebhookSigner,
     parse_retry_after,
     send_webhook,
     sign_webhook,
@@ -40,10 +47,52 @@ BODY = b'{"id":"req_1","status":"succeeded","result":{"text":"h\xc3\xa9llo"}}'
 SECRET = generate_webhook_secret()
 
 
+T = TypeVar("T")
+
+
+class Hooks:
+    """Webhook clients (one per policy) on a loop in its own thread, called synchronously."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.clients: dict[WebhookPolicy, WebhookClient] = {}
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def client(self, policy: WebhookPolicy = LOCAL) -> WebhookClient:
+        if policy not in self.clients:
+            self.clients[policy] = self.run(WebhookClient.open(policy))
+        return self.clients[policy]
+
+    def send(
+        self,
+        url: str,
+        msg_id: str = "req_1",
+        *,
+        policy: WebhookPolicy = LOCAL,
+        body: bytes = BODY,
+        secrets: Sequence[WebhookSecret] = (SECRET,),
+        **kwargs: Any,
+    ) -> DeliveryAttempt:
+        signer = WebhookSigner(list(secrets))
+        return self.run(send_webhook(self.client(policy), url, body, msg_id, signer, **kwargs))
+
+    def close(self) -> None:
+        for c in self.clients.values():
+            self.run(c.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
 @pytest.fixture
-def client() -> Iterator[httpx.Client]:
-    with make_webhook_client() as c:
-        yield c
+def hooks() -> Iterator[Hooks]:
+    h = Hooks()
+    yield h
+    h.close()
 
 
 @pytest.fixture(autouse=True)
@@ -53,22 +102,12 @@ def _fresh_cache() -> Iterator[None]:
     callbacks.clear_resolution_cache()
 
 
-def send(client: httpx.Client, url: str, msg_id: str = "req_1", **kwargs) -> object:  # type: ignore[no-untyped-def]
-    kwargs.setdefault("policy", LOCAL)
-    return send_webhook(client, url, BODY, msg_id, [SECRET], **kwargs)
-
-
 # -- signing ---------------------------------------------------------------------------------
 
 
-def test_delivery_is_signed_and_verifies(
-    client: httpx.Client, webhook_receiver: WebhookReceiver
-) -> None:
+def test_delivery_is_signed_and_verifies(hooks: Hooks, webhook_receiver: WebhookReceiver) -> None:
     frozen = time.time()
-    attempt = send_webhook(
-        client, webhook_receiver.url + "/hook", BODY, "req_1", [SECRET], policy=LOCAL,
-        now=lambda: frozen,
-    )  # fmt: skip
+    attempt = hooks.send(webhook_receiver.url + "/hook", now=lambda: frozen)
     assert attempt.ok and attempt.status == 200 and attempt.error == ""
     assert attempt.retry_after is None and not attempt.final
     assert attempt.response_excerpt == "ok"
@@ -88,10 +127,8 @@ def test_delivery_is_signed_and_verifies(
     assert d.headers["webhook-signature"] == f"v1,{expected}"
 
 
-def test_tampering_breaks_the_signature(
-    client: httpx.Client, webhook_receiver: WebhookReceiver
-) -> None:
-    assert send(client, webhook_receiver.url).ok
+def test_tampering_breaks_the_signature(hooks: Hooks, webhook_receiver: WebhookReceiver) -> None:
+    assert hooks.send(webhook_receiver.url).ok
     [d] = webhook_receiver.received
     verify_webhook(d.body, d.headers, SECRET)
     tampered = [
@@ -110,12 +147,10 @@ def test_tampering_breaks_the_signature(
 
 
 def test_two_secrets_sign_twice_for_rotation(
-    client: httpx.Client, webhook_receiver: WebhookReceiver
+    hooks: Hooks, webhook_receiver: WebhookReceiver
 ) -> None:
     old, new = generate_webhook_secret(), generate_webhook_secret(24)
-    attempt = send_webhook(
-        client, webhook_receiver.url, BODY, "req_rot", [old, SecretStr(new)], policy=LOCAL
-    )
+    attempt = hooks.send(webhook_receiver.url, "req_rot", secrets=[old, SecretStr(new)])
     assert attempt.ok
     [d] = webhook_receiver.received
     signatures = d.headers["webhook-signature"].split(" ")
@@ -143,37 +178,37 @@ def test_bad_secrets_are_refused_without_showing_them(secrets: object, message: 
     assert "hunter2" not in str(info.value)
 
 
-def test_misuse_raises(client: httpx.Client, webhook_receiver: WebhookReceiver) -> None:
+def test_misuse_raises(hooks: Hooks, webhook_receiver: WebhookReceiver) -> None:
     with pytest.raises(ValueError, match="UTF-8"):
-        send_webhook(client, webhook_receiver.url, b"\xff\xfe", "req_1", [SECRET], policy=LOCAL)
+        hooks.send(webhook_receiver.url, body=b"\xff\xfe")
     with pytest.raises(ValueError, match="msg_id"):
-        send_webhook(client, webhook_receiver.url, BODY, "", [SECRET], policy=LOCAL)
+        hooks.send(webhook_receiver.url, "")
     with pytest.raises(ValueError, match="msg_id"):
-        send_webhook(client, webhook_receiver.url, BODY, "a\r\nb", [SECRET], policy=LOCAL)
+        hooks.send(webhook_receiver.url, "a\r\nb")
     assert webhook_receiver.received == []
 
 
 # -- outcomes --------------------------------------------------------------------------------
 
 
-def test_server_error_is_retryable(client: httpx.Client, webhook_receiver: WebhookReceiver) -> None:
+def test_server_error_is_retryable(hooks: Hooks, webhook_receiver: WebhookReceiver) -> None:
     webhook_receiver.status_for = lambda _id: 500
-    attempt = send(client, webhook_receiver.url)
+    attempt = hooks.send(webhook_receiver.url)
     assert not attempt.ok and attempt.status == 500 and attempt.error == "HTTP 500"
     assert not attempt.final and attempt.retry_after is None
     assert SECRET not in repr(attempt)
 
 
 def test_429_retry_after_seconds_and_http_date(
-    client: httpx.Client, webhook_receiver: WebhookReceiver
+    hooks: Hooks, webhook_receiver: WebhookReceiver
 ) -> None:
     frozen = time.time()
     webhook_receiver.status_for = lambda _id: 429
     webhook_receiver.headers_for = lambda msg_id: {
         "Retry-After": "7" if msg_id == "a" else formatdate(frozen + 120, usegmt=True)
     }
-    seconds = send(client, webhook_receiver.url, "a", now=lambda: frozen)
-    dated = send(client, webhook_receiver.url, "b", now=lambda: frozen)
+    seconds = hooks.send(webhook_receiver.url, "a", now=lambda: frozen)
+    dated = hooks.send(webhook_receiver.url, "b", now=lambda: frozen)
     assert seconds.status == 429 and seconds.error == "HTTP 429" and seconds.retry_after == 7.0
     assert dated.retry_after is not None and 119.0 <= dated.retry_after <= 120.0
 
@@ -199,60 +234,58 @@ def test_parse_retry_after(value: str | None, expected: float | None) -> None:
     assert parse_retry_after(value, now=1767225600.0) == expected  # 2026-01-01T00:00:00Z
 
 
-def test_410_means_gone(client: httpx.Client, webhook_receiver: WebhookReceiver) -> None:
+def test_410_means_gone(hooks: Hooks, webhook_receiver: WebhookReceiver) -> None:
     webhook_receiver.status_for = lambda _id: 410
-    attempt = send(client, webhook_receiver.url)
+    attempt = hooks.send(webhook_receiver.url)
     assert not attempt.ok and attempt.final and attempt.status == 410
     assert attempt.error == "HTTP 410"
 
 
-def test_receiver_can_abort_retries(
-    client: httpx.Client, webhook_receiver: WebhookReceiver
-) -> None:
+def test_receiver_can_abort_retries(hooks: Hooks, webhook_receiver: WebhookReceiver) -> None:
     webhook_receiver.status_for = lambda _id: 400
     webhook_receiver.headers_for = lambda _id: {"webhook-delivery": "abort-message"}
-    attempt = send(client, webhook_receiver.url)
+    attempt = hooks.send(webhook_receiver.url)
     assert not attempt.ok and attempt.final and attempt.status == 400
     assert attempt.error == "HTTP 400, receiver asked to stop (webhook-delivery: abort-message)"
 
 
 def test_redirect_is_a_failure_and_not_followed(
-    client: httpx.Client, webhook_receiver: WebhookReceiver
+    hooks: Hooks, webhook_receiver: WebhookReceiver
 ) -> None:
     with WebhookReceiver() as target:
         webhook_receiver.redirect_to = target.url + "/elsewhere"
-        attempt = send(client, webhook_receiver.url + "/hook")
+        attempt = hooks.send(webhook_receiver.url + "/hook")
         assert not attempt.ok and attempt.status == 302
         assert attempt.error == "redirect 302 not followed"
         assert len(webhook_receiver.received) == 1
         assert target.received == []
 
 
-def test_timeout(client: httpx.Client, webhook_receiver: WebhookReceiver) -> None:
+def test_timeout(hooks: Hooks, webhook_receiver: WebhookReceiver) -> None:
     webhook_receiver.delay_s = 5.0
-    attempt = send(client, webhook_receiver.url, timeout=0.3)
+    attempt = hooks.send(webhook_receiver.url, timeout=0.3)
     assert not attempt.ok and attempt.status is None
     assert attempt.error == "timeout after 0.3s"
     assert 0.25 <= attempt.duration_s < 1.5
 
 
 def test_connection_refused_while_down_then_delivered_after_up(
-    client: httpx.Client, webhook_receiver: WebhookReceiver
+    hooks: Hooks, webhook_receiver: WebhookReceiver
 ) -> None:
     url = webhook_receiver.url + "/hook"
-    assert send(client, url, "before").ok
+    assert hooks.send(url, "before").ok
     webhook_receiver.down()
-    attempt = send(client, url, "during")
+    attempt = hooks.send(url, "during")
     assert not attempt.ok and attempt.status is None and attempt.error == "connection refused"
     webhook_receiver.up()
     assert webhook_receiver.url + "/hook" == url
-    assert send(client, url, "after").ok
+    assert hooks.send(url, "after").ok
     assert [d.msg_id for d in webhook_receiver.received] == ["before", "after"]
 
 
-def test_huge_response_is_not_read(client: httpx.Client, webhook_receiver: WebhookReceiver) -> None:
+def test_huge_response_is_not_read(hooks: Hooks, webhook_receiver: WebhookReceiver) -> None:
     webhook_receiver.response_body = b"x" * (16 << 20)
-    attempt = send(client, webhook_receiver.url)
+    attempt = hooks.send(webhook_receiver.url)
     assert attempt.ok
     assert len(attempt.response_excerpt) == RESPONSE_PREFIX_BYTES
     assert attempt.duration_s < 2.0
@@ -261,42 +294,49 @@ def test_huge_response_is_not_read(client: httpx.Client, webhook_receiver: Webho
 # -- SSRF guard ------------------------------------------------------------------------------
 
 
-def test_blocked_url_at_send_time(client: httpx.Client, webhook_receiver: WebhookReceiver) -> None:
-    attempt = send(client, webhook_receiver.url + "/hook?token=s3cr3t", policy=WebhookPolicy())
+def test_blocked_url_at_send_time(hooks: Hooks, webhook_receiver: WebhookReceiver) -> None:
+    attempt = hooks.send(webhook_receiver.url + "/hook?token=s3cr3t", policy=WebhookPolicy())
     assert not attempt.ok and not attempt.final and attempt.status is None
     assert attempt.error.startswith("blocked: ") and "(loopback)" in attempt.error
     assert "s3cr3t" not in attempt.error
     for url in ("http://169.254.169.254/latest/meta-data/", "http://[::1]:1/", "ftp://x/"):
-        assert send(client, url, policy=WebhookPolicy()).error.startswith("blocked: ")
+        assert hooks.send(url, policy=WebhookPolicy()).error.startswith("blocked: ")
     assert webhook_receiver.received == []
 
 
 def test_port_past_65535_is_refused_at_send_time(
-    client: httpx.Client, webhook_receiver: WebhookReceiver
+    hooks: Hooks, webhook_receiver: WebhookReceiver
 ) -> None:
     # A record stored before submit refused such ports must not wrap to the receiver's port.
     wrapped = webhook_receiver.port + 65536
-    attempt = send(client, f"http://127.0.0.1:{wrapped}/hook")
+    attempt = hooks.send(f"http://127.0.0.1:{wrapped}/hook")
     assert not attempt.ok and attempt.status is None
     assert attempt.error.startswith("blocked: ") and f"port {wrapped} is outside" in attempt.error
-    with pytest.raises(httpx.ConnectError, match=f"^blocked: .*port {wrapped}"):
-        client.post(f"http://127.0.0.1:{wrapped}/", content=b"{}")
+    # The session itself cannot be led there either: yarl refuses the port outright.
+    session = hooks.client().session
+    with pytest.raises((aiohttp.InvalidURL, ValueError)):
+        hooks.run(session.post(f"http://127.0.0.1:{wrapped}/", data=b"{}"))
     assert webhook_receiver.received == []
 
 
 def test_client_checks_addresses_at_connect_time(
-    client: httpx.Client, webhook_receiver: WebhookReceiver
+    hooks: Hooks, webhook_receiver: WebhookReceiver
 ) -> None:
-    # Outside send_webhook the client applies the strict default policy on its own.
-    with pytest.raises(httpx.ConnectError, match="^blocked: .*loopback"):
-        client.post(webhook_receiver.url, content=b"{}")
-    with pytest.raises(httpx.ConnectError, match="^blocked: "):
-        client.post(f"http://localhost:{webhook_receiver.port}/", content=b"{}")
+    # Past the pre-attempt check, the connection layer refuses a named host on its own (its
+    # resolver answers only checked addresses). An IP-literal host never reaches a resolver
+    # in aiohttp: the pre-attempt check judges exactly that address (see
+    # test_blocked_url_at_send_time), and the session is the client's own, used by nothing else.
+    session = hooks.client(WebhookPolicy()).session
+    with pytest.raises(aiohttp.ClientConnectorError) as info:
+        hooks.run(session.post(f"http://localhost:{webhook_receiver.port}/", data=b"{}"))
+    assert str(info.value.os_error).startswith("blocked: ") and "loopback" in str(
+        info.value.os_error
+    )
     assert webhook_receiver.received == []
 
 
 def test_dns_rebinding_cannot_redirect_the_connection(
-    client: httpx.Client, webhook_receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+    hooks: Hooks, webhook_receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The name first answers an allowed address, then the receiver's (forbidden) one.
 
@@ -315,21 +355,20 @@ def test_dns_rebinding_cannot_redirect_the_connection(
 
     monkeypatch.setattr(socket, "getaddrinfo", rebinding)
     policy = WebhookPolicy(allow_hosts=("127.0.0.2",))
-    attempt = send(client, f"http://rebind.invalid:{webhook_receiver.port}/", policy=policy)
+    attempt = hooks.send(f"http://rebind.invalid:{webhook_receiver.port}/", policy=policy)
     assert not attempt.ok and attempt.error == "connection refused"
     assert asked == ["rebind.invalid"]
     assert webhook_receiver.received == []
 
 
 def test_environment_proxies_are_ignored(
-    webhook_receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+    hooks: Hooks, webhook_receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
         monkeypatch.setenv(name, "http://127.0.0.1:9")
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
-    with make_webhook_client() as c:
-        assert send(c, webhook_receiver.url).ok
+    assert hooks.send(webhook_receiver.url).ok
     assert len(webhook_receiver.received) == 1
 
 
@@ -366,12 +405,12 @@ class _RawServer:
         self.thread.join(2)
 
 
-def test_a_dripping_receiver_cannot_outlast_the_timeout(client: httpx.Client) -> None:
+def test_a_dripping_receiver_cannot_outlast_the_timeout(hooks: Hooks) -> None:
     # Each gap is shorter than the timeout, so only a total deadline stops this.
     drip = [b"HTTP/1.1 200 OK\r\n"] + [b"X-Slow: 1\r\n"] * 100
     server = _RawServer(drip, gap_s=0.05)
     try:
-        attempt = send(client, f"http://127.0.0.1:{server.port}/", timeout=0.4)
+        attempt = hooks.send(f"http://127.0.0.1:{server.port}/", timeout=0.4)
     finally:
         server.close()
     assert attempt.error == "timeout after 0.4s"
@@ -379,12 +418,12 @@ def test_a_dripping_receiver_cannot_outlast_the_timeout(client: httpx.Client) ->
 
 
 def test_a_stalled_body_after_2xx_headers_still_counts_as_delivered(
-    client: httpx.Client,
+    hooks: Hooks,
 ) -> None:
     head = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial"
     server = _RawServer([head], gap_s=0.0)
     try:
-        attempt = send(client, f"http://127.0.0.1:{server.port}/", timeout=0.3)
+        attempt = hooks.send(f"http://127.0.0.1:{server.port}/", timeout=0.3)
     finally:
         server.close()
     assert attempt.ok and attempt.status == 200 and attempt.response_excerpt == "partial"
@@ -395,29 +434,29 @@ def test_a_stalled_body_after_2xx_headers_still_counts_as_delivered(
 
 
 def test_receiver_fails_a_stable_fraction_of_first_attempts(
-    client: httpx.Client, webhook_receiver: WebhookReceiver
+    hooks: Hooks, webhook_receiver: WebhookReceiver
 ) -> None:
     share = sum(fails_first(f"req_{i}", 0.3) for i in range(4000)) / 4000
     assert 0.27 < share < 0.33
     assert fails_first("req_7", 0.3) == fails_first("req_7", 0.3)
 
     webhook_receiver.fail_first_fraction = 1.0
-    first = send(client, webhook_receiver.url, "req_x")
-    second = send(client, webhook_receiver.url, "req_x")
+    first = hooks.send(webhook_receiver.url, "req_x")
+    second = hooks.send(webhook_receiver.url, "req_x")
     assert (first.status, second.status) == (500, 200)
     assert [d.status for d in webhook_receiver.by_id()["req_x"]] == [500, 200]
     assert webhook_receiver.ok_ids() == {"req_x"}
 
 
 def test_receiver_wait_for_blocks_until_enough_ids(
-    client: httpx.Client, webhook_receiver: WebhookReceiver
+    hooks: Hooks, webhook_receiver: WebhookReceiver
 ) -> None:
     assert not webhook_receiver.wait_for(1, timeout=0.05)
 
     def deliver() -> None:
         time.sleep(0.1)
         for i in range(5):
-            send(client, webhook_receiver.url, f"req_{i % 3}")
+            hooks.send(webhook_receiver.url, f"req_{i % 3}")
 
     thread = threading.Thread(target=deliver)
     thread.start()
@@ -426,3 +465,81 @@ def test_receiver_wait_for_blocks_until_enough_ids(
     assert not webhook_receiver.wait_for(4, timeout=0.05)
     assert sorted(webhook_receiver.by_id()) == ["req_0", "req_1", "req_2"]
     assert webhook_receiver.verify_all(SECRET) == 5
+
+
+def test_each_attempt_checks_a_dns_answer_at_most_a_second_old(
+    hooks: Hooks, webhook_receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attempts within FRESH_DNS_TTL_S share one lookup; a later attempt looks up again, and
+    a new connection goes to the new answer's checked address."""
+    answers = iter(["127.0.0.1", "127.0.0.1", "127.0.0.2"])
+    asked: list[str] = []
+    real = socket.getaddrinfo
+
+    def counting(host, port, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if host != "hooks.invalid":
+            return real(host, port, *args, **kwargs)
+        asked.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (next(answers), port or 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", counting)
+    policy = WebhookPolicy(allow_hosts=("127.0.0.1", "127.0.0.2"))
+    url = f"http://hooks.invalid:{webhook_receiver.port}/"
+    assert hooks.send(url, "a", policy=policy).ok
+    assert hooks.send(url, "b", policy=policy).ok
+    assert asked == ["hooks.invalid"]
+    time.sleep(FRESH_DNS_TTL_S + 0.1)
+    assert hooks.send(url, "c", policy=policy).ok
+    assert asked == ["hooks.invalid"] * 2
+    hooks.run(hooks.clients.pop(policy).close())  # the next attempt needs a new connection
+    time.sleep(FRESH_DNS_TTL_S + 0.1)
+    attempt = hooks.send(url, "d", policy=policy)  # ...a new one goes to the new answer
+    assert asked == ["hooks.invalid"] * 3
+    assert not attempt.ok and attempt.error == "connection refused"
+    assert [d.msg_id for d in webhook_receiver.received] == ["a", "b", "c"]
+
+
+def test_the_signature_verifies_with_standardwebhooks_for_each_secret() -> None:
+    """The HMAC is computed directly (keys decoded once); the reference library accepts it."""
+    import standardwebhooks as sw
+
+    old, new = generate_webhook_secret(), generate_webhook_secret(64)
+    signer = WebhookSigner([old, SecretStr(new)])
+    stamp = int(time.time())
+    headers = signer.headers("req_9", BODY, timestamp=stamp)
+    for secret in (old, new):
+        assert sw.Webhook(secret).verify(BODY, headers)["id"] == "req_1"
+    assert headers["webhook-signature"] == sign_webhook("req_9", stamp, BODY, [old, new])
+
+
+def test_one_keep_alive_connection_serves_many_deliveries(hooks: Hooks) -> None:
+    """The client keeps connections open between attempts (the worker keeps its client for
+    the process, so across tasks too), against an HTTP/1.1 receiver that allows it."""
+    connections: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                await reader.readexactly(length)
+                writer.write(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def start() -> asyncio.Server:
+        return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+    server = hooks.run(start())
+    port = server.sockets[0].getsockname()[1]
+    try:
+        for i in range(5):
+            assert hooks.send(f"http://127.0.0.1:{port}/hook", f"req_{i}").status == 204
+    finally:
+        server.close()
+    assert len(connections) == 1

@@ -9,9 +9,11 @@ from batchrelay.worker.attempt import DeliveryAttempt
 from batchrelay.worker.senders.context import SendContext
 
 
-def send_celery_task(
+async def send_celery_task(
     ctx: SendContext, rid: str, cb: CeleryTask, payload: dict[str, Any]
 ) -> DeliveryAttempt:
+    """Publishes on the engine loop's thread, one publish after another: a broker write is
+    brief, and this kind needs no window of attempts in flight."""
     try:
         ctx.send_task(cb.name, payload, cb.queue)
     except Exception as exc:  # a broker hiccup must not lose the delivery: retry it

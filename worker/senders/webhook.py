@@ -6,27 +6,25 @@ from typing import Any
 
 import orjson
 
-from batchrelay.producer.callbacks import Webhook, WebhookPolicy
+from batchrelay.producer.callbacks import Webhook
 from batchrelay.worker.attempt import DeliveryAttempt
 from batchrelay.worker.senders.context import SendContext
 from batchrelay.worker.webhooks import send_webhook
 
 
-def send_to_webhook(
+async def send_to_webhook(
     ctx: SendContext, rid: str, cb: Webhook, payload: dict[str, Any]
 ) -> DeliveryAttempt:
-    s = ctx.relay.settings
-    secrets = [x.get_secret_value() for x in s.webhook_secrets]
-    if not secrets:
+    engine = ctx.engine
+    if engine.signer is None:
         return DeliveryAttempt(
             ok=False, error="no webhook signing secret configured (BATCHRELAY_WEBHOOK_SECRETS)"
         )
-    return send_webhook(
-        ctx.relay.webhook_client(),
+    return await send_webhook(
+        engine.webhooks,
         cb.url,
         orjson.dumps(payload),
         rid,
-        secrets,
-        policy=WebhookPolicy.from_settings(s),
-        timeout=s.webhook_timeout_s,
+        engine.signer,
+        timeout=ctx.relay.settings.webhook_timeout_s,
     )
