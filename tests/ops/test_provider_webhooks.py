@@ -22,8 +22,7 @@ FAR = 10**13  # a next-poll time far in the future (ms)
 GEM_TAG = "abcdef012345"
 
 
-@pytest.fixture
-def setup(redis_url, tmp_path):
+def webhook_settings(redis_url: str):
     emu = type("E", (), {"openai_base_url": "http://127.0.0.1:9/v1", "api_key": "k"})
     base = {"base_url": emu.openai_base_url, "api_key": "k"}
     providers = [
@@ -38,17 +37,28 @@ def setup(redis_url, tmp_path):
             "webhook_secret": SECRET,
         },
     ]
-    settings = relay_settings(redis_url, emu, providers=providers)
+    return relay_settings(redis_url, emu, providers=providers)
+
+
+@pytest.fixture(scope="module")
+def running_exporter(redis_server, tmp_path_factory):
+    """One `batchrelay metrics` process for the module: what a webhook changes lives in Redis,
+    which each test empties (`redis_url`); its counters are read as differences."""
+    with exporter(webhook_settings(redis_server.url), tmp_path_factory.mktemp("metrics")) as m:
+        yield m
+
+
+@pytest.fixture
+def setup(running_exporter, redis_url):
+    keys = Keys(webhook_settings(redis_url).key_prefix)
     client = redis.Redis.from_url(redis_url)
-    keys = Keys(settings.key_prefix)
     bid = new_batch_id("0123456789ab")
     client.hset(keys.pbatches("emu"), "batch_ours", bid)
     client.zadd(keys.inflight("0123456789ab"), {bid: FAR})
     gem = new_batch_id(GEM_TAG)  # a Gemini batch, known by its resource name
     client.hset(keys.pbatches("gem"), "batches/gem_ours", gem)
     client.zadd(keys.inflight(GEM_TAG), {gem: FAR})
-    with exporter(settings, tmp_path) as metrics:
-        yield metrics, client, keys, bid
+    yield running_exporter, client, keys, bid
     client.close()
 
 
@@ -71,6 +81,7 @@ def event(kind="batch.completed", batch="batch_ours") -> dict:
 
 def test_a_verified_batch_event_makes_its_batch_due_once(setup):
     metrics, client, keys, bid = setup
+    before = metrics.scrape()
     reply = post(metrics, event())
     assert reply.status_code == 200 and reply.json()["outcome"] == "due_now", reply.text
     due = client.zscore(keys.inflight("0123456789ab"), bid)
@@ -82,8 +93,13 @@ def test_a_verified_batch_event_makes_its_batch_due_once(setup):
     for kind in ("batch.failed", "batch.expired", "batch.cancelled"):
         assert post(metrics, event(kind), msg_id=f"wh_{kind}").json()["outcome"] == "due_now"
     scrape = metrics.scrape()
-    assert value(scrape, "batchrelay_provider_webhooks_total", outcome="due_now") == 4
-    assert value(scrape, "batchrelay_provider_webhooks_total", outcome="duplicate") == 1
+
+    def counted(outcome: str) -> float:
+        name = "batchrelay_provider_webhooks_total"
+        return value(scrape, name, outcome=outcome) - value(before, name, outcome=outcome)
+
+    assert counted("due_now") == 4
+    assert counted("duplicate") == 1
 
 
 @pytest.mark.parametrize(

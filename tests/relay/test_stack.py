@@ -189,11 +189,21 @@ def test_worker_killed_while_packing(redis_url, receiver, tmp_path):
         redis_url,
         receiver,
         tmp_path,
-        n=10_000,
-        faults={},
-        kill_when=lambda stack, emu: log_has(stack, "claimed batch"),
-        what="a claim",
-        expect={"claimed", "uploaded"},
+        n=1000,
+        # Uploads are refused for now, so the worker is surely between its claim and the
+        # provider batch when it dies (a big batch only made that window likely): the claimed
+        # batch must be packed and sent again by the next worker, nothing lost or doubled.
+        faults={
+            "http_error_next": 10_000,
+            "http_error_match": "POST /v1/files",
+            "http_error_statuses": [503],
+            "retry_after_s": 0.2,
+        },
+        kill_when=lambda stack, emu: (
+            log_has(stack, "claimed batch") and emu.stats()["http_faults_injected"] > 0
+        ),
+        what="a claimed batch being uploaded",
+        expect={"claimed"},
     )
 
 
@@ -228,7 +238,7 @@ def test_worker_killed_while_collecting(redis_url, receiver, tmp_path):
         redis_url,
         receiver,
         tmp_path,
-        n=2000,
+        n=1000,
         faults={"download_bytes_per_s": 100_000},
         kill_when=lambda stack, emu: log_has(stack, "batchrelay.collect["),
         what="a collection",
