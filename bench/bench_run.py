@@ -28,7 +28,7 @@ from pathlib import Path
 import openai
 import orjson
 
-from batchrelay.config import load_settings
+from batchrelay.config import Settings, load_settings
 from bench._redis import private_redis
 from bench.bench_pipeline import KEY, start_emulator_process
 from tests._redis import free_port
@@ -79,15 +79,19 @@ def sdk_command(base: str, path: Path) -> float:
     return took
 
 
-def relay_in_process(redis_url: str, base: str, path: Path) -> float:
-    """Seconds for the same `run`, called in this process (no interpreter start-up)."""
-    from batchrelay import run as run_command
-
-    settings = load_settings(
+def run_settings(redis_url: str, base: str) -> Settings:
+    return load_settings(
         redis_url=redis_url,
         providers=[{"name": "emu", "base_url": base, "api_key": KEY}],
         poll_interval_s=POLL_S,
     )
+
+
+def relay_in_process(redis_url: str, base: str, path: Path) -> float:
+    """Seconds for the same `run`, called in this process (no interpreter start-up)."""
+    from batchrelay import run as run_command
+
+    settings = run_settings(redis_url, base)
     out = path.with_suffix(".in.jsonl")
     saved = dict(os.environ)
     os.environ.update(settings_env(settings))
@@ -106,11 +110,7 @@ def relay_in_process(redis_url: str, base: str, path: Path) -> float:
 
 def relay_flow(redis_url: str, base: str, path: Path) -> float:
     """Seconds for `batchrelay run FILE -o OUT`, process start-up included."""
-    settings = load_settings(
-        redis_url=redis_url,
-        providers=[{"name": "emu", "base_url": base, "api_key": KEY}],
-        poll_interval_s=POLL_S,
-    )
+    settings = run_settings(redis_url, base)
     out = path.with_suffix(".out.jsonl")
     cmd = [sys.executable, "-m", "batchrelay", "run", str(path), "-o", str(out)]
     t = time.perf_counter()

@@ -19,7 +19,13 @@ from batchrelay.worker import capacity
 from batchrelay.worker.context import COLLECTING, DONE, SUBMITTED, Relay
 from batchrelay.worker.packing import iter_item_ids
 from batchrelay.worker.providers import ProviderBatch, ProviderError
-from batchrelay.worker.providers.base import GONE, MISSING, NEVER_RAN, TOKEN_LIMIT
+from batchrelay.worker.providers.base import (
+    GONE,
+    MISSING,
+    NEVER_RAN,
+    TOKEN_LIMIT,
+    line_error,
+)
 from batchrelay.worker.settling import Row, settle_all
 
 log = logging.getLogger(__name__)
@@ -114,17 +120,7 @@ def settle_failed(relay: Relay, bid: str, pb: ProviderBatch) -> Counter[str]:
             line += 1
             err = by_line.get(line)
             if err is not None:
-                payload = orjson.dumps(
-                    {
-                        "code": err.get("code"),
-                        "message": err.get("message"),
-                        "param": err.get("param"),
-                        "line": line,
-                        "status_code": None,
-                        "body": None,
-                    }
-                )
-                rows.append((rid, "fail", 0, payload))
+                rows.append((rid, "fail", 0, line_error(err, line)))
             elif by_line or any(e.get("code") == TOKEN_LIMIT for e in batch_errors):
                 rows.append((rid, "requeue", 0, _batch_error(pb)))
             else:

@@ -32,7 +32,13 @@ from batchrelay.worker.providers import (
     ReconcilePending,
     make_adapter,
 )
-from batchrelay.worker.providers.base import GONE, MISSING, NEVER_RAN, TOKEN_LIMIT
+from batchrelay.worker.providers.base import (
+    GONE,
+    MISSING,
+    NEVER_RAN,
+    TOKEN_LIMIT,
+    line_error,
+)
 from batchrelay.worker.providers.http import retry_delay_s
 
 log = logging.getLogger(__name__)
@@ -311,15 +317,7 @@ class Driver:
             if err is None:
                 retry[index] = batch_error
                 continue
-            payload = {
-                "code": err.get("code"),
-                "message": err.get("message"),
-                "param": err.get("param"),
-                "line": line,
-                "status_code": None,
-                "body": None,
-            }
-            self.results.failed(index, part.model, orjson.dumps(payload))
+            self.results.failed(index, part.model, line_error(err, line))
         return retry
 
     def _count(self) -> None:

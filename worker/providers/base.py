@@ -45,6 +45,20 @@ TOKEN_LIMIT = "token_limit_exceeded"
 GONE = frozenset({404, 410})
 
 
+def line_error(err: dict[str, Any], line: int) -> bytes:
+    """The stored outcome of a line a failed batch's validation errors name (by 1-based line)."""
+    return orjson.dumps(
+        {
+            "code": err.get("code"),
+            "message": err.get("message"),
+            "param": err.get("param"),
+            "line": line,
+            "status_code": None,
+            "body": None,
+        }
+    )
+
+
 @dataclass(frozen=True)
 class ProviderBatch:
     id: str
