@@ -24,6 +24,7 @@ from batchrelay.worker.providers.base import (
     MISSING,
     NEVER_RAN,
     TOKEN_LIMIT,
+    batch_error,
     line_error,
 )
 from batchrelay.worker.settling import Row, settle_all
@@ -122,24 +123,12 @@ def settle_failed(relay: Relay, bid: str, pb: ProviderBatch) -> Counter[str]:
             if err is not None:
                 rows.append((rid, "fail", 0, line_error(err, line)))
             elif by_line or any(e.get("code") == TOKEN_LIMIT for e in batch_errors):
-                rows.append((rid, "requeue", 0, _batch_error(pb)))
+                rows.append((rid, "requeue", 0, batch_error(pb)))
             else:
-                rows.append((rid, "retry", 0, _batch_error(pb)))
+                rows.append((rid, "retry", 0, batch_error(pb)))
         counts += settle_all(relay, bid, pb.id, rows)
         rows = []
     return counts
-
-
-def _batch_error(pb: ProviderBatch) -> bytes:
-    first = pb.errors[0] if pb.errors else {}
-    return orjson.dumps(
-        {
-            "code": first.get("code") or "batch_failed",
-            "message": first.get("message") or f"provider batch {pb.id} failed",
-            "status_code": None,
-            "body": None,
-        }
-    )
 
 
 def finish(relay: Relay, bid: str, pb: ProviderBatch, counts: Counter[str]) -> None:

@@ -37,6 +37,7 @@ from batchrelay.worker.providers.base import (
     MISSING,
     NEVER_RAN,
     TOKEN_LIMIT,
+    batch_error,
     line_error,
 )
 from batchrelay.worker.providers.http import retry_delay_s
@@ -156,7 +157,14 @@ class Driver:
     def _create(self, part: Part, rec: dict[str, Any]) -> bool:
         adapter = self.adapters(part.profile)
         if rec.get("create_started"):
-            found = self._find(adapter, part, rec)
+            try:
+                found = self._find(adapter, part, rec)
+            except ProviderError as exc:
+                if exc.retryable:
+                    raise
+                # A batch may exist: never refuse the part (and lose what it is paying for)
+                # while the listing that would tell cannot be read; wait, as the worker does.
+                raise ReconcilePending(f"cannot list batches to reconcile: {exc}") from exc
             if found is not None:
                 log.warning("batch %s already exists as %s; adopting", part.bid, found.id)
                 self.store.created(part, rec, found.id)
@@ -304,18 +312,11 @@ class Driver:
         if whole.get("code") == TOKEN_LIMIT:
             log.warning("batch %s refused for enqueued tokens", part.bid)
         retry: dict[int, bytes] = {}
-        batch_error = orjson.dumps(
-            {
-                "code": whole.get("code") or "batch_failed",
-                "message": whole.get("message") or f"provider batch {pb.id} failed",
-                "status_code": None,
-                "body": None,
-            }
-        )
+        failed = batch_error(pb)
         for line, index in enumerate(part.indices, 1):
             err = by_line.get(line)
             if err is None:
-                retry[index] = batch_error
+                retry[index] = failed
                 continue
             self.results.failed(index, part.model, line_error(err, line))
         return retry

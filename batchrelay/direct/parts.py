@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from batchrelay.batchfile import Line, entries, parse_entry
+from batchrelay.batchfile import InputFileError, Line, entries, parse_entry
 from batchrelay.config import ProviderProfile, Settings
 from batchrelay.config.tokens import tokenizer
 from batchrelay.producer.intake import Intake, Prepared
@@ -210,17 +210,20 @@ def write_again(
     counter = TokenCounter(settings.profile(part.profile), part.model)
     items: list[tuple[str, bytes]] = []
     index = -1
+    hasher = hashlib.sha256()
     with again.path.open("wb") as out:
-        for where, obj in entries(source, hashlib.sha256()):
+        for where, obj in entries(source, hasher):
             index += 1
             if index not in wanted:
                 continue
             line = parse_entry(where, obj)
-            p = intake.prepare(line.endpoint, line.body, metadata={"custom_id": line.custom_id})
+            p = intake.prepare(line.endpoint, line.body)  # scan checked the custom_id
             again.indices.append(index)
             again.size += p.line_bytes
             counter.add(p.body_json)
             items.append((line_id(part.fp, index), p.body_json))
+        if hasher.hexdigest() != part.fp:
+            raise InputFileError([f"{source}: the file changed while it ran; run it again"])
         adapter.write_input(out, part.endpoint, items)
     again.tokens = counter.total(again)
     return again

@@ -45,6 +45,19 @@ TOKEN_LIMIT = "token_limit_exceeded"
 GONE = frozenset({404, 410})
 
 
+def batch_error(pb: ProviderBatch) -> bytes:
+    """The stored outcome of a line a failed batch ran nowhere: the batch's own first error."""
+    first = pb.errors[0] if pb.errors else {}
+    return orjson.dumps(
+        {
+            "code": first.get("code") or "batch_failed",
+            "message": first.get("message") or f"provider batch {pb.id} failed",
+            "status_code": None,
+            "body": None,
+        }
+    )
+
+
 def line_error(err: dict[str, Any], line: int) -> bytes:
     """The stored outcome of a line a failed batch's validation errors name (by 1-based line)."""
     return orjson.dumps(
