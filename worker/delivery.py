@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LeasedChunk:
-    """Due deliveries handed to one task; `leased_until_ms` fences them (see `take` in
+    """Due deliveries handed to one task; `leased_until_ms` fences them (see `take_wave` in
     relay.lua), so a chunk that outlived its lease in the queue cannot send twice."""
 
     tag: str

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 import orjson
 
+from batchrelay.costs import bill
 from batchrelay.producer import commands
 from batchrelay.producer.keys import run_fingerprint_of
 from batchrelay.worker import capacity
@@ -196,10 +197,24 @@ def _relist(relay: Relay, tag: str, entry: bytes) -> None:
     pipe.execute()
 
 
+def drain_bills(relay: Relay) -> int:
+    """Count what a settle left unbilled (a worker killed between `settle` and `bill`): a
+    group's bill is otherwise drained only by its next settle, which an idle group never
+    has, and `admit` forgets old `open` entries, after which `spend` cannot count them.
+    One pipelined look at every group's bill; returns how many requests were counted."""
+    groups = relay.groups()
+    pipe = relay.redis.pipeline(transaction=False)
+    for group in groups:
+        pipe.exists(relay.keys.bill(group.tag))
+    waiting = [g for g, n in zip(groups, pipe.execute(), strict=True) if n]
+    return sum(bill(relay.redis, relay.keys, g.tag, g.model) for g in waiting)
+
+
 def sweep(relay: Relay) -> int:
-    """Give back stale reservations, prune the provider-batch registry and idle groups, and
-    log every stuck batch; returns how many batches are stuck."""
+    """Give back stale reservations, count unbilled costs, prune the provider-batch registry
+    and idle groups, and log every stuck batch; returns how many batches are stuck."""
     release_stale(relay)
+    drain_bills(relay)
     prune_registry(relay)
     retire_idle_groups(relay)
     stuck = stuck_batches(relay)

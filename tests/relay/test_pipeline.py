@@ -506,3 +506,25 @@ def test_a_wave_is_taken_and_settled_in_one_call_each(stack, receiver):
     assert r.hmget(k.req(live), "dattempts", "dlast") == [b"1", b"HTTP 500"]
     with pytest.raises(ValueError, match="unknown delivery outcome"):
         commands.settle_deliveries(k, tag, 0, [commands.DeliveryOutcome(live, "lost", 1)])
+
+
+def test_the_sweep_bills_what_a_killed_worker_left_unbilled(stack):
+    """A worker killed between `settle` and `bill` leaves the group's bill waiting for a
+    settle that an idle group never has: the sweep counts it."""
+    from batchrelay.producer.admission import utc_date
+    from batchrelay.worker.sweep import drain_bills
+
+    producer, worker = stack()
+    rid = producer.submit(CHAT, chat("billed"), tenant="shop")
+    drive(worker, lambda: producer.status(rid).state == "succeeded", deliver=False)
+    k, tag = worker.keys, tag_of(rid)
+    costs = k.tenant_costs("shop", utc_date(worker.now()))
+    counted = worker.redis.hgetall(costs)
+    assert counted and not worker.redis.exists(k.bill(tag))
+    # The state a kill right after `settle` leaves: billed nowhere yet, still open.
+    worker.redis.delete(costs)
+    worker.redis.zadd(k.tenant_open("shop"), {rid: worker.now()})
+    worker.redis.zadd(k.bill(tag), {rid: worker.now()})
+    assert drain_bills(worker) == 1
+    assert worker.redis.hgetall(costs) == counted
+    assert not worker.redis.exists(k.bill(tag)) and drain_bills(worker) == 0

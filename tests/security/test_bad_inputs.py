@@ -94,7 +94,7 @@ MATRIX = [
 # Rows with their own tests below: (README wording, the `batchrelay run` column).
 REUSED_KEY = ("idempotency key reused with another endpoint, body, callback or metadata", NO_KEY)
 UNREACHABLE = ("Redis that cannot be reached", "exit 1, the same message")
-TOO_MUCH = ("`submit_many()` call over the total size limit", "n/a (`run` submits 1,000 lines per call)")  # fmt: skip
+TOO_MUCH = ("`submit_many()` call over the total size limit", "n/a (`run` does not call `submit_many`: it streams the file into parts on disk)")  # fmt: skip
 
 
 def rows(table: list[tuple]) -> list[Any]:
