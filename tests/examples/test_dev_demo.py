@@ -48,7 +48,8 @@ def start_dev(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path, Path]:
             stderr=subprocess.STDOUT,
         )
     deadline = time.monotonic() + 90
-    while not env_file.exists():
+    # The env file is written just before the banner with the logs line: wait for both.
+    while not env_file.exists() or "  logs " not in out.read_text():
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             raise AssertionError(f"dev did not get ready:\n{out.read_text()}")
