@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import threading
+from pathlib import Path
 
 import orjson
 import redis
@@ -126,6 +127,10 @@ def test_secrets_stay_out_of_logs_redis_and_task_args(redis_url, tmp_path):
             assert needle not in logs
 
 
+def _logs(folder: Path) -> str:
+    return "".join(p.read_text() for p in folder.glob("*.log"))
+
+
 def test_callback_url_query_is_not_logged(redis_url, tmp_path):
     """A token in a callback URL's query stays out of the worker's log at INFO, the level
     docker-compose runs: neither our code nor the webhook client shows it (aiohttp writes no
@@ -143,10 +148,15 @@ def test_callback_url_query_is_not_logged(redis_url, tmp_path):
             stack.start_worker("w1")
             stack.start_beat()
             stack.wait_until(lambda: receiver.wait_for(len(ids), 0.01), 60, "deliveries")
+            # The task logs its result after the outcomes are written, a moment after the
+            # receiver has them: stop only once that line is there.
+            stack.wait_until(
+                lambda: "'delivered': " in _logs(tmp_path), 30, "the deliver task's result line"
+            )
         finally:
             stack.stop()
             producer.close()
         assert {d.path for d in receiver.received} == {f"/hook?token={token}"}
-        logs = "".join(p.read_text() for p in tmp_path.glob("*.log"))
+        logs = _logs(tmp_path)
         assert "Task batchrelay.deliver[" in logs and "'delivered': " in logs  # logged, at INFO
         assert token not in logs
